@@ -1,0 +1,3 @@
+from mia.run_attack import main
+
+main()

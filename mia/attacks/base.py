@@ -1,0 +1,80 @@
+"""What every attack shares: the interface, per-sample seeded noise, and the closed-form DDPM/DDIM moves."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mia.errors import MiaError
+from mia.targets import DiffusionTarget
+
+
+class SampleNoise:
+    """Gaussian noise seeded per sample: a sample gets the same noise in any batch, order or device."""
+
+    def __init__(self, keys: torch.Tensor, seed: int) -> None:
+        self.keys = [int(k) for k in keys]
+        self.seed = int(seed)
+
+    def randn(self, shape: tuple[int, ...], stream: int = 0, device=None) -> torch.Tensor:
+        """[B, *shape] standard normal; ``stream`` gives independent draws for the same sample."""
+        out = torch.empty(len(self.keys), *shape)
+        for row, key in enumerate(self.keys):
+            state = np.random.SeedSequence([self.seed, key, stream]).generate_state(1, np.uint64)[0]
+            out[row] = torch.randn(shape, generator=torch.Generator().manual_seed(int(state)))
+        return out.to(device)
+
+
+@dataclasses.dataclass
+class Attack(ABC):
+    """Hyperparameters as dataclass fields; ``score`` maps clean x0 to one score per sample (higher = member).
+
+    Attacks never touch files, loggers or metrics.
+    """
+
+    name: ClassVar[str] = "attack"
+
+    @abstractmethod
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+        """float64 [B] membership scores."""
+
+    def check(self, target: DiffusionTarget) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Raise MiaError when the settings do not fit this target (before any query is made)."""
+
+    def settings(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def _check_timestep(target: DiffusionTarget, t: int, what: str) -> None:
+        if not 0 <= t < target.num_timesteps:
+            raise MiaError(f"{what} = {t} is outside the target's timesteps 0..{target.num_timesteps - 1}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Validate a hyperparameter with a message naming the config key."""
+    if not condition:
+        raise MiaError(message)
+
+
+def coefficients(target: DiffusionTarget, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(√ᾱ_t, √(1−ᾱ_t)) as scalars of ``like``'s dtype and device."""
+    a = target.alphas_cumprod[t]
+    return a.sqrt().to(like), (1 - a).sqrt().to(like)
+
+
+def forward_noise(target: DiffusionTarget, x0: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+    """``x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε``."""
+    signal, noise = coefficients(target, t, x0)
+    return signal * x0 + noise * eps
+
+
+def ddim_move(target: DiffusionTarget, x_t: torch.Tensor, eps: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """Deterministic DDIM move from t to s (either direction) with the noise estimate ``eps`` made at t."""
+    signal_t, noise_t = coefficients(target, t, x_t)
+    signal_s, noise_s = coefficients(target, s, x_t)
+    x0_hat = (x_t - noise_t * eps) / signal_t
+    return signal_s * x0_hat + noise_s * eps

@@ -1,0 +1,35 @@
+"""The loss attack (Matsumoto et al. 2023; Hu & Pang 2023): a member's denoising error is small.
+
+Score ``−‖ε_θ(x_t, t) − ε‖²`` with x_t noised by fresh, seeded ε, averaged over ``draws`` draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mia.attacks.base import Attack, SampleNoise, forward_noise, require
+from mia.targets import DiffusionTarget
+
+
+@dataclasses.dataclass
+class LossAttack(Attack):
+    name = "loss"
+    t: int = 200  # timestep of the noising
+    draws: int = 1  # noise draws averaged (queries per sample = draws)
+    seed: int = 0  # seeds the noise (per sample)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.draws, int) and self.draws >= 1, f"attack.draws must be ≥ 1, got {self.draws!r}")
+
+    def check(self, target: DiffusionTarget) -> None:
+        self._check_timestep(target, self.t, "attack.t")
+
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+        total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+        for draw in range(self.draws):
+            eps = noise.randn(x0.shape[1:], stream=draw, device=x0.device)
+            error = target.predict_noise(forward_noise(target, x0, eps, self.t), self.t) - eps
+            total += error.flatten(1).to(torch.float64).pow(2).sum(1)
+        return -total / self.draws

@@ -1,0 +1,73 @@
+"""Noise aggregation (NA): Li et al., "Noise Aggregation Analysis Driven by Small-Noise Injection",
+arXiv 2510.21783 (METHOD.md §1).
+
+Inject slight noise at timestep t, follow a deterministic DDIM path of k timesteps spaced m apart,
+collect the model's k noise predictions, and score by how tightly they aggregate: members' predictions
+cluster, non-members' scatter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mia.attacks.aggregation import STATISTICS, aggregation_score
+from mia.attacks.base import Attack, SampleNoise, coefficients, ddim_move, require
+from mia.targets import DiffusionTarget
+
+
+@dataclasses.dataclass
+class NoiseAggregation(Attack):
+    """NA with the paper's defaults t = 80, k = 5, m = 10, pairwise L2 over the predictions."""
+
+    name = "na"
+    t: int = 80  # start timestep
+    k: int = 5  # predictions collected (= queries per sample)
+    m: int = 10  # timestep interval of the DDIM path
+    noise_scale: float = 1.0  # s in x_t = √ᾱ_t·x0 + s·√(1−ᾱ_t)·ε; 1 = the plain forward process
+    statistic: str = "pairwise_l2"  # pairwise_l2 | pairwise_l1 | centroid | density
+    direction: str = "down"  # down (t, t−m, …, as in the paper) or up (t, t+m, …)
+    seed: int = 0  # seeds the injected noise (per sample)
+    delta: float = 1e-12  # δ in −log(C + δ)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.k, int) and self.k >= 2, f"attack.k must be an integer ≥ 2, got {self.k!r}")
+        require(isinstance(self.m, int) and self.m >= 1, f"attack.m must be a positive integer, got {self.m!r}")
+        require(self.noise_scale >= 0, f"attack.noise_scale must be ≥ 0, got {self.noise_scale!r}")
+        require(
+            self.statistic in STATISTICS,
+            f"attack.statistic must be one of {', '.join(STATISTICS)}; got {self.statistic!r}",
+        )
+        require(self.direction in ("down", "up"), f"attack.direction must be down or up, got {self.direction!r}")
+
+    def timesteps(self) -> list[int]:
+        step = -self.m if self.direction == "down" else self.m
+        return [self.t + i * step for i in range(self.k)]
+
+    def check(self, target: DiffusionTarget) -> None:
+        path = self.timesteps()
+        require(
+            min(path) >= 0 and max(path) < target.num_timesteps,
+            f"NA's path {path} leaves the target's timesteps 0..{target.num_timesteps - 1}; "
+            "change attack.t, attack.k, attack.m or attack.direction",
+        )
+
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+        """The k noise predictions along the path, [B, k, D] (k queries per sample)."""
+        path = self.timesteps()
+        signal, sigma = coefficients(target, path[0], x0)
+        x = signal * x0 + self.noise_scale * sigma * noise.randn(x0.shape[1:], device=x0.device)
+        predictions = []
+        for i, t in enumerate(path):
+            eps = target.predict_noise(x, t)
+            predictions.append(eps.flatten(1))
+            if i + 1 < len(path):
+                x = ddim_move(target, x, eps, t, path[i + 1])
+        return torch.stack(predictions, dim=1)
+
+    def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
+        return aggregation_score(predictions, self.statistic, self.delta)
+
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+        return self.aggregate(self.collect(target, x0, noise))

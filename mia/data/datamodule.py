@@ -1,0 +1,115 @@
+"""The training data module: a seeded member split of a pool, and a fixed probe of members and non-members."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mia.data.images import load_split_images
+from mia.data.pools import ImagePool
+from mia.data.split import Split, make_split
+from mia.errors import MiaError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMESTEPS = 1000  # the probe's timesteps are drawn from [0, PROBE_TIMESTEPS)
+
+
+class MemberDataModule(L.LightningDataModule):
+    """Trains on the members of a seeded split; validates on a fixed probe of members and non-members.
+
+    The probe (same images, noise and timesteps at every validation) shows the loss gap between members
+    and non-members growing as the model memorises. Non-members are never used for gradients.
+    """
+
+    def __init__(
+        self,
+        pool: ImagePool,
+        data_config: dict[str, Any],
+        members: int | None,
+        nonmembers: int | None,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        probe_size: int = 128,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise MiaError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.pool = pool
+        self.data_config = data_config
+        self.sizes = (members, nonmembers)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.probe_size = probe_size
+        self.split: Split | None = None
+        self.members: torch.Tensor | None = None
+        self.nonmembers: torch.Tensor | None = None
+
+    def prepare(self) -> Split:
+        """Draw the split and decode its images (once); raises MiaError on any bad input."""
+        if self.split is None:
+            member_idx, nonmember_idx = make_split(len(self.pool), *self.sizes, seed=self.seed)
+            self.members, self.nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
+            dataset = dict(self.data_config, fingerprint=digest, pool_size=len(self.pool))
+            self.split = Split(
+                members=[self.pool.ids[int(i)] for i in member_idx],
+                nonmembers=[self.pool.ids[int(i)] for i in nonmember_idx],
+                seed=self.seed,
+                dataset=dataset,
+            )
+            self.split.check()
+            log.info(
+                "split of %s: %d members, %d non-members (pool %d, seed %d)",
+                self.pool.name, len(self.split.members), len(self.split.nonmembers), len(self.pool), self.seed,
+            )
+        return self.split
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.members is not None
+        return DataLoader(
+            TensorDataset(self.members),
+            batch_size=min(self.batch_size, len(self.members)),
+            shuffle=True,
+            drop_last=True,  # equal-sized batches: no tiny last batch with a noisy gradient
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.members is not None and self.nonmembers is not None
+        n = min(self.probe_size, len(self.members), len(self.nonmembers))
+        images = torch.cat([self.members[:n], self.nonmembers[:n]])
+        labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)])
+        # Member j and non-member j share noise and timestep: the loss gap is then a paired comparison,
+        # not drowned by which samples happened to draw a small (hard) timestep.
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((n, *images.shape[1:]), generator=generator).repeat(2, 1, 1, 1)
+        timesteps = torch.randint(0, PROBE_TIMESTEPS, (n,), generator=generator).repeat(2)
+        return DataLoader(TensorDataset(images, labels, noise, timesteps), batch_size=self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        split = self.prepare()
+        fingerprint = split.dataset.get("fingerprint")
+        return {"members": split.members, "nonmembers": split.nonmembers, "fingerprint": fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        split = self.prepare()
+        same = (
+            state_dict.get("members") == split.members
+            and state_dict.get("nonmembers") == split.nonmembers
+            and state_dict.get("fingerprint") == split.dataset.get("fingerprint")
+        )
+        if not same:
+            raise MiaError(
+                "the checkpoint was trained on a different member split or dataset than this run's; "
+                "resume with the same data and split settings as the run that wrote it"
+            )

@@ -1,0 +1,101 @@
+"""The evaluation set of an attack: members and non-members with their ids and labels.
+
+Built from a target's ``split.json`` (the dataset is re-read and its fingerprint checked), or from two
+image folders for targets trained elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mia.cli import build
+from mia.data.images import load_images
+from mia.data.pools import FolderPool
+from mia.data.split import Split, fingerprint
+from mia.errors import MiaError
+
+log = logging.getLogger(__name__)
+
+
+def sample_key(sample_id: str) -> int:
+    """A stable 63-bit integer per id; with the attack's seed it seeds the sample's noise."""
+    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") >> 1
+
+
+class EvaluationSet(Dataset):
+    """uint8 images [N, C, H, W], labels (1 = member) and ids; items are dicts for the attack module."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str]) -> None:
+        if not (len(images) == len(labels) == len(ids)):
+            raise ValueError("images, labels and ids differ in length")
+        self.images = images
+        self.labels = labels.long()
+        self.ids = ids
+        self.keys = torch.tensor([sample_key(i) for i in ids], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": self.labels[index], "index": index, "key": self.keys[index]}
+
+    @property
+    def n_members(self) -> int:
+        return int(self.labels.sum())
+
+
+def _first(ids: list[str], limit: int | None) -> list[str]:
+    if limit is None:
+        return ids
+    if not isinstance(limit, int) or limit < 1:
+        raise MiaError(f"data.max_members / data.max_nonmembers must be positive integers, got {limit!r}")
+    return ids[:limit]
+
+
+def from_split(
+    split: Split, root: str | None = None, max_members: int | None = None, max_nonmembers: int | None = None
+) -> EvaluationSet:
+    """Rebuild the split's members and non-members from their dataset, after checking its fingerprint."""
+    data = {k: v for k, v in split.dataset.items() if k not in ("fingerprint", "pool_size")}
+    if "_target_" not in data:
+        raise MiaError("split.json does not say how to load its dataset; give data.members and data.nonmembers")
+    if root is not None:
+        if "root" not in data:
+            raise MiaError(f"data.root does not apply to the {data.get('name')} dataset, which has no folder")
+        data["root"] = root
+    pool = build(data, _convert_="all")
+    position = {sample_id: i for i, sample_id in enumerate(pool.ids)}
+    missing = [i for i in split.members + split.nonmembers if i not in position]
+    if missing:
+        raise MiaError(
+            f"{len(missing)} samples of split.json (e.g. {missing[0]}) are not in the dataset at "
+            f"{data.get('root', data.get('name'))}; pass data.root=<the dataset the target was trained on>"
+        )
+    all_ids = split.members + split.nonmembers
+    digest = fingerprint(all_ids, [pool.read(position[i]) for i in all_ids])
+    if split.dataset.get("fingerprint") and digest != split.dataset["fingerprint"]:
+        raise MiaError(
+            f"the images at {data.get('root', data.get('name'))} differ from those the target was trained on "
+            "(fingerprint mismatch); membership labels would be wrong. Pass data.root=<the original dataset>"
+        )
+    members, nonmembers = _first(split.members, max_members), _first(split.nonmembers, max_nonmembers)
+    images, _ = load_images(pool, [position[i] for i in members + nonmembers])
+    labels = torch.cat([torch.ones(len(members)), torch.zeros(len(nonmembers))])
+    return EvaluationSet(images, labels, members + nonmembers)
+
+
+def from_folders(members_dir: str, nonmembers_dir: str, image_size: int, channels: int) -> EvaluationSet:
+    """Members and non-members from two image folders (resized and centre-cropped to ``image_size``)."""
+    parts = []
+    for prefix, folder in (("members", members_dir), ("nonmembers", nonmembers_dir)):
+        pool = FolderPool(folder, image_size, channels, name=prefix)
+        images, _ = load_images(pool, range(len(pool)))
+        parts.append((images, [f"{prefix}/{i}" for i in pool.ids]))
+    (mem_images, mem_ids), (non_images, non_ids) = parts
+    labels = torch.cat([torch.ones(len(mem_ids)), torch.zeros(len(non_ids))])
+    return EvaluationSet(torch.cat([mem_images, non_images]), labels, mem_ids + non_ids)

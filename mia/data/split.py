@@ -1,0 +1,103 @@
+"""Seeded member/non-member splits and their record, ``split.json``.
+
+The record names every member and non-member by id (relative file path for folder data, index otherwise),
+the seed, the dataset's configuration and a fingerprint of the sampled images' bytes. Attacks rebuild the
+evaluation set from it and refuse to run when the fingerprint no longer matches: a wrong membership label
+is data loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mia.errors import MiaError
+
+SPLIT_FORMAT = "mia-split/1"
+
+
+def make_split(
+    pool_size: int, members: int | None, nonmembers: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw disjoint member and non-member indices from a pool; ``None`` sizes mean half the pool each."""
+    half = pool_size // 2
+    members = half if members is None else members
+    nonmembers = half if nonmembers is None else nonmembers
+    for key, value in (("split.members", members), ("split.nonmembers", nonmembers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise MiaError(f"{key} must be a positive integer (or null for half the pool), got {value!r}")
+    if members + nonmembers > pool_size:
+        raise MiaError(
+            f"the split asks for {members} members + {nonmembers} non-members but the pool has only "
+            f"{pool_size} images; lower split.members / split.nonmembers"
+        )
+    order = np.random.default_rng(seed).permutation(pool_size)
+    return order[:members], order[members : members + nonmembers]
+
+
+def fingerprint(ids: Sequence[str], contents: Sequence[bytes]) -> str:
+    """sha256 over each sample's id and the sha256 of its bytes, in order."""
+    digest = hashlib.sha256()
+    for sample_id, raw in zip(ids, contents, strict=True):
+        digest.update(sample_id.encode() + b"\0" + hashlib.sha256(raw).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass
+class Split:
+    """Which samples are members and which are not, and where they came from."""
+
+    members: list[str]
+    nonmembers: list[str]
+    seed: int
+    dataset: dict[str, Any] = field(default_factory=dict)  # data config, fingerprint, pool_size
+    format: str = SPLIT_FORMAT
+
+    def check(self) -> None:
+        """Members and non-members must be distinct, non-empty and disjoint."""
+        if not self.members or not self.nonmembers:
+            raise MiaError("the split has no members or no non-members; both are needed")
+        if len(set(self.members)) != len(self.members) or len(set(self.nonmembers)) != len(self.nonmembers):
+            raise MiaError("the split lists a sample twice; the split record is corrupt")
+        overlap = set(self.members) & set(self.nonmembers)
+        if overlap:
+            raise MiaError(
+                f"{len(overlap)} samples are both members and non-members (e.g. {sorted(overlap)[0]}); "
+                "the split record is corrupt"
+            )
+
+    def save(self, path: str | Path) -> None:
+        self.check()
+        record = asdict(self)
+        # Provenance first, then the (long) id lists, one line each.
+        head = {key: record[key] for key in ("format", "dataset", "seed")}
+        lines = json.dumps(head, indent=1)[:-2]
+        for key in ("members", "nonmembers"):
+            lines += f',\n "{key}": {json.dumps(record[key])}'
+        Path(path).write_text(lines + "\n}\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MiaError(f"cannot read split record {path}: {err}") from err
+        missing = {"members", "nonmembers", "seed"} - set(record)
+        if missing:
+            raise MiaError(f"split record {path} lacks {sorted(missing)}; it was not written by mia-train")
+        split = cls(
+            members=[str(i) for i in record["members"]],
+            nonmembers=[str(i) for i in record["nonmembers"]],
+            seed=record["seed"],
+            dataset=record.get("dataset", {}),
+            format=record.get("format", SPLIT_FORMAT),
+        )
+        split.check()
+        return split

@@ -1,0 +1,133 @@
+"""`mia-attack`: run a membership-inference attack against a target and report it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from mia.attacks.base import Attack
+from mia.cli import CONFIG_DIR, build, build_loggers, run_or_exit
+from mia.data.evaluation import EvaluationSet, from_folders, from_split
+from mia.data.images import to_model_range
+from mia.errors import MiaError
+from mia.memorizer import memorizing_target
+from mia.metrics import evaluate, roc_curve
+from mia.module import AttackModule
+from mia.report import format_metrics, log_to_wandb, write_outputs
+from mia.result import AttackResult
+from mia.targets import DiffusionTarget, load_pipeline_target, load_split
+
+log = logging.getLogger(__name__)
+
+
+def build_evaluation_set(cfg: DictConfig, target: DiffusionTarget, split) -> EvaluationSet:
+    """From two folders when given, else from the target's split.json; checked against the model's input."""
+    data = cfg.data
+    channels, height, width = target.sample_shape
+    if data.members or data.nonmembers:
+        if not (data.members and data.nonmembers):
+            raise MiaError("give both data.members and data.nonmembers (folders of images), or neither")
+        evalset = from_folders(data.members, data.nonmembers, data.image_size or height, channels)
+    elif split is not None:
+        evalset = from_split(split, data.root, data.max_members, data.max_nonmembers)
+    else:
+        raise MiaError(
+            f"{cfg.target.path} has no split.json, so members cannot be told from non-members; "
+            "give data.members=<folder> and data.nonmembers=<folder>"
+        )
+    shape = tuple(evalset.images.shape[1:])
+    if shape != (channels, height, width):
+        raise MiaError(
+            f"the evaluation images are {shape[0]}x{shape[1]}x{shape[2]} (channels x height x width) but the model "
+            f"takes {channels}x{height}x{width}; use images that match (data.image_size resizes folder images)"
+        )
+    return evalset
+
+
+def build_target(cfg: DictConfig) -> tuple[DiffusionTarget, Any]:
+    if OmegaConf.is_missing(cfg.target, "path") or not cfg.target.path:
+        raise MiaError("target.path is not set; pass target.path=<folder exported by mia-train>")
+    target = load_pipeline_target(cfg.target.path)
+    split = load_split(cfg.target.path)
+    if cfg.target.kind == "memorizer":
+        if split is None:
+            raise MiaError("target.kind=memorizer memorises a split's members; the target has no split.json")
+        members = from_split(split, cfg.data.root, max_nonmembers=1)
+        target = memorizing_target(to_model_range(members.images[: members.n_members]), target.alphas_cumprod)
+    elif cfg.target.kind != "pipeline":
+        raise MiaError(f"target.kind must be pipeline or memorizer, got {cfg.target.kind!r}")
+    return target, split
+
+
+def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: EvaluationSet) -> tuple:
+    """Scores aligned with the evaluation set, the counted queries, the seconds taken and the device."""
+    module = AttackModule(target, attack)
+    trainer: L.Trainer = instantiate(cfg.trainer)
+    loader = DataLoader(evalset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    started = time.perf_counter()
+    batches = trainer.predict(module, dataloaders=loader)
+    seconds = time.perf_counter() - started
+    scores = np.full(len(evalset), np.nan)
+    scores[torch.cat([b["index"] for b in batches]).numpy()] = torch.cat([b["score"] for b in batches]).numpy()
+    queries = int(sum(int(b["queries"]) for b in batches))
+    if np.isnan(scores).any():
+        raise MiaError("the attack produced NaN scores; the target's predictions are broken")
+    return scores, queries, seconds, str(trainer.strategy.root_device)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    attack: Attack = build(cfg.attack, _convert_="all")
+    target, split = build_target(cfg)
+    evalset = build_evaluation_set(cfg, target, split)
+    log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,
+             evalset.n_members, len(evalset) - evalset.n_members)
+    scores, queries, seconds, device = score(cfg, attack, target, evalset)
+
+    labels = evalset.labels.numpy()
+    queries_per_sample = queries / len(evalset)
+    metrics = {
+        "attack": attack.name,
+        "settings": attack.settings(),
+        "target": str(Path(cfg.target.path).expanduser().resolve()),
+        "target_kind": cfg.target.kind,
+        **evaluate(scores, labels, cfg.metrics.bootstrap, cfg.metrics.confidence, cfg.metrics.seed),
+        "queries_per_sample": int(queries_per_sample) if queries_per_sample.is_integer() else queries_per_sample,
+        "seconds": round(seconds, 3),
+        "seconds_per_1000": round(1000 * seconds / len(evalset), 3),
+        "device": device,
+    }
+    result = AttackResult(attack.name, evalset.ids, labels, scores, metrics)
+    out_dir = Path(cfg.paths.output_dir)
+    roc = roc_curve(scores, labels)
+    figures = write_outputs(result, roc, out_dir)
+    log.info("results of %s:\n%s", attack.name, format_metrics(metrics))
+    log.info("files: %s (metrics.json, scores.csv, roc.png, scores_histogram.png)", out_dir)
+
+    for logger in build_loggers(cfg.get("logger")):
+        if isinstance(logger, WandbLogger):
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            log_to_wandb(logger, result, roc, evalset.images, figures, cfg.report.top_k)
+            log.info("W&B run: %s", logger.experiment.dir)
+            logger.experiment.finish()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="attack")
+def main(cfg: DictConfig) -> float:
+    metrics = run_or_exit("mia-attack", run, cfg)
+    return metrics["auc"]  # what a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

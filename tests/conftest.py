@@ -1,0 +1,78 @@
+"""Shared fixtures: small image trees made on the fly, tiny configs, and one tiny trained target."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from mia.cli import CONFIG_DIR  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = [
+    "data=digits",
+    "data.image_size=8",
+    "target=ddpm_tiny",
+    "split.members=24",
+    "split.nonmembers=24",
+    "batch_size=8",
+    "probe_size=8",
+    "logger=none",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "target.sample_count=2",
+    "target.sample_steps=2",
+    "target.warmup_steps=1",
+]
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """A root config as the entry point would see it, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int], seed: int, ext: str = "png") -> list[Path]:
+    """``count`` random RGB images of ``size`` (width, height) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:04d}.{ext}"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """root/{train,test}/<class>/NNNN.jpg at 32x32, like the CIFAR folders, plus a non-image file."""
+    root = tmp_path / "cifar"
+    for subset, count in (("train", 6), ("test", 2)):
+        for index, name in enumerate(("cat", "dog")):
+            write_images(root / subset / name, count, (32, 32), seed=index, ext="jpg")
+    (root / "MANIFEST.sha256").write_text("not an image, ignored\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny target trained for a few steps on 8x8 digits (24 members, 24 non-members)."""
+    from train_targets.train import train
+
+    out = tmp_path_factory.mktemp("tiny_target")
+    train(compose_config("train", TINY_TRAIN, out))
+    return out / "target"

@@ -1,0 +1,167 @@
+"""mia-train: the export round trip, resume, and bad input that stops before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY_TRAIN, compose_config, write_images
+from diffusers import DDPMPipeline
+
+from mia.data.split import Split
+from mia.errors import MiaError
+from train_targets.train import train
+
+
+def test_export_loads_in_diffusers_and_samples(tiny_target: Path):
+    pipeline = DDPMPipeline.from_pretrained(tiny_target)
+    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and images.min() >= 0.0 and images.max() <= 1.0
+    assert pipeline.scheduler.config.num_train_timesteps == 1000
+    assert pipeline.scheduler.config.beta_schedule == "linear"
+
+
+def test_export_records_a_disjoint_split_and_the_run(tiny_target: Path):
+    split = Split.load(tiny_target / "split.json")
+    assert len(split.members) == 24 and len(split.nonmembers) == 24
+    assert not set(split.members) & set(split.nonmembers)
+    assert split.dataset["name"] == "digits" and split.dataset["fingerprint"].startswith("sha256:")
+    assert split.dataset["_target_"] == "mia.data.pools.DigitsPool"
+    info = json.loads((tiny_target / "training.json").read_text())
+    assert info["steps"] == 6 and info["members"] == 24
+    assert {"val/loss_members", "val/loss_nonmembers", "val/loss_gap"} <= set(info["metrics"])
+
+
+def test_exported_weights_are_the_ema_weights(tmp_path: Path):
+    # With EMA, the export differs from the raw weights; without it, it equals them.
+    raw = compose_config("train", [*TINY_TRAIN, "~callbacks.ema"], tmp_path / "raw")
+    ema = compose_config("train", TINY_TRAIN, tmp_path / "ema")
+    train(raw)
+    train(ema)
+    raw_unet = DDPMPipeline.from_pretrained(tmp_path / "raw" / "target").unet.state_dict()
+    ema_unet = DDPMPipeline.from_pretrained(tmp_path / "ema" / "target").unet.state_dict()
+    assert any(not torch.equal(raw_unet[k], ema_unet[k]) for k in raw_unet)
+
+
+def test_same_config_same_split_and_weights(tmp_path: Path):
+    for name in ("a", "b"):
+        train(compose_config("train", TINY_TRAIN, tmp_path / name))
+    assert Split.load(tmp_path / "a/target/split.json") == Split.load(tmp_path / "b/target/split.json")
+    first = DDPMPipeline.from_pretrained(tmp_path / "a/target").unet.state_dict()
+    second = DDPMPipeline.from_pretrained(tmp_path / "b/target").unet.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path):
+    common = [*TINY_TRAIN, "logger=csv", "trainer.log_every_n_steps=1",
+              "callbacks.model_checkpoint.every_n_train_steps=4"]
+    train(compose_config("train", [*common, "trainer.max_steps=4"], tmp_path / "first"))
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists()
+    info = train(compose_config("train", [*common, "trainer.max_steps=8", f"ckpt_path={checkpoint}"],
+                                tmp_path / "second"))
+    assert info["steps"] == 8
+    assert min(_logged_steps(tmp_path / "second")) >= 4  # it did not start again from step 0
+
+
+def test_resume_with_another_split_is_refused(tmp_path: Path):
+    common = [*TINY_TRAIN, "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.max_steps=2"]
+    train(compose_config("train", common, tmp_path / "first"))
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    cfg = compose_config("train", [*common, "split.seed=1", "trainer.max_steps=4", f"ckpt_path={checkpoint}"],
+                         tmp_path / "second")
+    with pytest.raises(MiaError, match="different member split"):
+        train(cfg)
+    assert not (tmp_path / "second" / "target").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=folder", "data.root={tmp}/missing"], "does not exist"),
+        (["data=folder", "data.root={tmp}/empty"], "no image files"),
+        (["data=folder", "data.root={tmp}/broken", "data.image_size=8"], "cannot read image"),
+        (["split.members=1000", "split.nonmembers=1000"], "pool has only 1797"),
+        (["ckpt_path={tmp}/nope.ckpt"], "checkpoint .* does not exist"),
+        (["data.channels=3", "target.unet.in_channels=1"], "the model takes 1x8x8 images"),
+    ],
+)
+def test_bad_input_stops_before_training_and_writes_no_target(tmp_path: Path, overrides, message):
+    (tmp_path / "empty").mkdir()
+    write_images(tmp_path / "broken", 48, (8, 8), seed=0)  # all 48 are in the 24 + 24 split
+    (tmp_path / "broken" / "0001.png").write_bytes(b"\x89PNG truncated")
+    cfg = compose_config("train", [*TINY_TRAIN, *(o.format(tmp=tmp_path) for o in overrides)], tmp_path / "run")
+    with pytest.raises(MiaError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "target").exists()
+
+
+def test_an_existing_export_folder_is_not_overwritten(tmp_path: Path):
+    (tmp_path / "run" / "target").mkdir(parents=True)
+    with pytest.raises(MiaError, match="already exists"):
+        train(compose_config("train", TINY_TRAIN, tmp_path / "run"))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "train_targets", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_cli_bad_input_is_one_line_and_a_nonzero_exit(tmp_path: Path):
+    process = _cli("data=folder", f"data.root={tmp_path}/missing", "logger=none", f"hydra.run.dir={tmp_path}/run",
+                   cwd=tmp_path)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith("mia-train: error: dataset folder")
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "run" / "target").exists()
+
+
+def test_cli_unknown_option_or_value_fails(tmp_path: Path):
+    for override in ("data=imagenet", "no_such_key=1"):
+        process = _cli(override, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode != 0
+        assert "imagenet" in stderr or "no_such_key" in stderr
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path):
+    run = tmp_path / "run"
+    args = [*[a for a in TINY_TRAIN if not a.startswith("trainer.max_steps")], "logger=csv",
+            "trainer.max_steps=100000", "callbacks.model_checkpoint.every_n_train_steps=5",
+            f"hydra.run.dir={run}"]
+    process = _cli(*args, cwd=REPO)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 180
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    time.sleep(2)  # let it get past the checkpoint, so the kill lands mid-training
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (run / "target").exists()
+    saved_step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_step >= 5
+
+    resumed = [a for a in args if not a.startswith(("trainer.max_steps", "hydra.run.dir"))]
+    process = _cli(*resumed, f"trainer.max_steps={saved_step + 5}", f"ckpt_path={checkpoint}",
+                   f"hydra.run.dir={tmp_path}/resumed", cwd=REPO)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stderr[-2000:]
+    info = json.loads((tmp_path / "resumed" / "target" / "training.json").read_text())
+    assert info["steps"] == saved_step + 5
+    assert min(_logged_steps(tmp_path / "resumed")) >= saved_step

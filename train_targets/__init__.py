@@ -1,0 +1,1 @@
+"""Training of target diffusion models on member splits (`mia-train`)."""

@@ -1,0 +1,3 @@
+from train_targets.train import main
+
+main()

@@ -1,0 +1,107 @@
+"""The DDPM target as a LightningModule: diffusers' UNet2DModel trained with DDPMScheduler's forward process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torchvision.utils import make_grid, save_image
+
+from mia.data.images import to_model_range
+
+log = logging.getLogger(__name__)
+
+
+class DDPMTarget(L.LightningModule):
+    """ε-prediction DDPM: ``loss = ‖ε_θ(√ᾱ_t·x0 + √(1−ᾱ_t)·ε, t) − ε‖²`` with t uniform over the schedule."""
+
+    def __init__(
+        self,
+        unet: dict[str, Any],
+        scheduler: dict[str, Any],
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        hflip: bool = True,
+        sample_count: int = 16,
+        sample_steps: int = 50,
+        sample_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.unet = UNet2DModel(**unet)
+        self.noise_scheduler = DDPMScheduler(**scheduler)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t).sample
+
+    def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0 = to_model_range(batch[0])
+        if self.hparams.hflip:
+            flip = torch.rand(len(x0), device=x0.device) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
+        loss = F.mse_loss(self(self.noise_scheduler.add_noise(x0, noise, t), t), noise)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images, labels, noise, t = batch
+        x0 = to_model_range(images)
+        per_sample = (self(self.noise_scheduler.add_noise(x0, noise, t), t) - noise).pow(2).flatten(1).mean(1)
+        members = labels == 1
+        # Weighted by the number of samples of each class in the batch, so the epoch means are exact.
+        if members.any():
+            self.log("val/loss_members", per_sample[members].mean(), batch_size=int(members.sum()))
+        if (~members).any():
+            self.log("val/loss_nonmembers", per_sample[~members].mean(), batch_size=int((~members).sum()))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        if "val/loss_members" in metrics and "val/loss_nonmembers" in metrics:
+            gap = metrics["val/loss_nonmembers"] - metrics["val/loss_members"]
+            self.log("val/loss_gap", gap, prog_bar=True)
+        if self.hparams.sample_count > 0 and not self.trainer.sanity_checking:
+            self._log_samples()
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int, seed: int = 0) -> torch.Tensor:
+        """n images in [-1, 1] from a deterministic DDIM sampler with ``steps`` steps (previews only)."""
+        sampler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        sampler.set_timesteps(steps)
+        cfg = self.unet.config
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=generator).to(self.device)
+        for t in sampler.timesteps:
+            x = sampler.step(self.unet(x, t.to(self.device)).sample, t, x).prev_sample
+        return x.clamp(-1, 1)
+
+    def _log_samples(self) -> None:
+        grid = make_grid((self.sample(self.hparams.sample_count, self.hparams.sample_steps) + 1) / 2, nrow=4)
+        step = self.global_step
+        if self.hparams.sample_dir:
+            path = Path(self.hparams.sample_dir) / f"samples_step{step:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(grid, path)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # W&B; the CSV logger keeps scalars only
+                logger.log_image(key="samples", images=[grid.float().cpu()], step=step)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            betas=tuple(self.hparams.betas),
+        )
+        warmup = max(1, int(self.hparams.warmup_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
