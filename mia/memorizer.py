@@ -8,6 +8,7 @@ benchmarks an upper reference.
 
 from __future__ import annotations
 
+import hashlib
 from types import SimpleNamespace
 
 import torch
@@ -42,4 +43,7 @@ class MemorizingDenoiser(nn.Module):
 
 def memorizing_target(train_images: torch.Tensor, alphas_cumprod: torch.Tensor) -> DiffusionTarget:
     """A DiffusionTarget that memorises ``train_images`` (float, in [-1, 1], [N, C, H, W])."""
-    return DiffusionTarget(MemorizingDenoiser(train_images, alphas_cumprod), alphas_cumprod, name="memorizer")
+    digest = hashlib.sha256(train_images.detach().cpu().to(torch.float32).numpy().tobytes())
+    digest.update(alphas_cumprod.detach().cpu().to(torch.float64).numpy().tobytes())
+    denoiser = MemorizingDenoiser(train_images, alphas_cumprod)
+    return DiffusionTarget(denoiser, alphas_cumprod, name="memorizer", identity="memorizer:" + digest.hexdigest())

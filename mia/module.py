@@ -8,24 +8,43 @@ import lightning as L
 import torch
 
 from mia.attacks.base import Attack, SampleNoise
+from mia.cache import PredictionCache
 from mia.data.images import to_model_range
 from mia.targets import DiffusionTarget
 
 
 class AttackModule(L.LightningModule):
-    """Runs an attack against a target under Lightning's predict loop (devices, progress bar)."""
+    """Runs an attack against a target under Lightning's predict loop (devices, progress bar).
 
-    def __init__(self, target: DiffusionTarget, attack: Attack) -> None:
+    With a cache, an attack that separates its model predictions from their aggregation (NA) reads
+    the predictions from disk when they were made before, and writes them there when not.
+    """
+
+    def __init__(self, target: DiffusionTarget, attack: Attack, cache: PredictionCache | None = None,
+                 n_samples: int | None = None) -> None:
         super().__init__()
         self.target = target
         self.attack = attack
+        self.cache = cache if attack.cacheable else None
+        self.n_samples = n_samples
         attack.check(target)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         x0 = self.target.encode(to_model_range(batch["image"]))
         noise = SampleNoise(batch["key"], getattr(self.attack, "seed", 0))
         before = self.target.queries
-        scores = self.attack.score(self.target, x0, noise)
+        if self.cache is None:
+            scores = self.attack.score(self.target, x0, noise)
+        else:
+            start, stop = int(batch["index"][0]), int(batch["index"][-1]) + 1
+            if stop - start != len(x0):
+                raise ValueError("cached attacks need the evaluation set in order (shuffle=False)")
+            if self.cache.complete:
+                predictions = self.cache.read(start, stop).to(x0.device)
+            else:
+                predictions = self.attack.collect(self.target, x0, noise)
+                self.cache.write(start, predictions, self.n_samples)
+            scores = self.attack.aggregate(predictions)
         return {
             "index": batch["index"].cpu(),
             "score": scores.detach().to(torch.float64).cpu(),

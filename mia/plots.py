@@ -32,7 +32,8 @@ def plot_roc(curves: Sequence[tuple[str, ROC]], title: str = "ROC") -> Figure:
     for fpr in (0.01, 0.001):
         if fpr >= lowest:
             loglog.axvline(fpr, color="black", lw=0.6, alpha=0.4)
-    loglog.legend(loc="lower right", fontsize=8)
+    for axis in (linear, loglog):
+        axis.legend(loc="lower right", fontsize=8)
     return figure
 
 
@@ -46,4 +47,58 @@ def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, title: str = "s
     axis.hist(scores[labels == 1], bins=bins, alpha=0.55, label=f"members ({(labels == 1).sum()})")
     axis.set(xlabel="membership score (higher = member)", ylabel="samples", title=title)
     axis.legend()
+    return figure
+
+
+def plot_heatmap(values: np.ndarray, rows: Sequence, columns: Sequence, title: str, row_label: str,
+                 column_label: str) -> Figure:
+    """A metric over two swept knobs, each cell annotated; NaN cells (missing jobs) stay blank."""
+    figure = Figure(figsize=(1.2 + 0.9 * len(columns), 1.2 + 0.6 * len(rows)), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    axis.set_xticks(range(len(columns)), [str(c) for c in columns])
+    axis.set_yticks(range(len(rows)), [str(r) for r in rows])
+    axis.set(xlabel=column_label, ylabel=row_label, title=title)
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if len(finite) else 0
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                      color="black" if value > middle else "white")
+    figure.colorbar(image, ax=axis)
+    return figure
+
+
+def plot_sweep_lines(x: Sequence, series: dict[str, Sequence[float]], x_label: str, title: str) -> Figure:
+    """Metrics against one swept knob."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axis = figure.subplots()
+    for label, ys in series.items():
+        axis.plot(x, ys, marker="o", label=label)
+    axis.axhline(0.5, color="grey", ls="--", lw=1)
+    axis.set(xlabel=x_label, ylabel="metric", title=title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return figure
+
+
+def plot_timestep_profile(profile) -> Figure:
+    """NA's statistic (median and interquartile band) for members and non-members, and AUC, against t."""
+    figure = Figure(figsize=(10, 4.2), layout="constrained")
+    spread, separation = figure.subplots(1, 2)
+    t = profile.timesteps
+    for label, values in (("members", profile.members), ("non-members", profile.nonmembers)):
+        line = spread.plot(t, values[:, 1], marker="o", label=f"{label} (median)")[0]
+        spread.fill_between(t, values[:, 0], values[:, 2], alpha=0.25, color=line.get_color())
+    tighter = "higher = tighter" if profile.statistic == "density" else "lower = tighter"
+    spread.set(xlabel="start timestep t", ylabel=f"{profile.statistic} ({tighter})",
+               title="aggregation of the k predictions")
+    if profile.statistic != "density":
+        spread.set_yscale("log")
+    spread.legend()
+    separation.plot(t, profile.auc, marker="o", color="black")
+    separation.axhline(0.5, color="grey", ls="--", lw=1)
+    separation.set(xlabel="start timestep t", ylabel="AUC", title="membership signal against t")
+    for axis in (spread, separation):
+        axis.grid(alpha=0.3)
     return figure

@@ -83,6 +83,7 @@ def log_to_wandb(
             "roc": wandb.plot.line(points, "fpr", "tpr", title=f"ROC {result.attack}"),
             "roc_loglog": wandb.Image(str(figures["roc"])),
             "scores_histogram": wandb.Image(str(figures["histogram"])),
+            **{name: wandb.Image(str(path)) for name, path in figures.items() if name not in ("roc", "histogram")},
             "extreme_samples": samples,
         }
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,7 +18,9 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from mia.attacks import NoiseAggregation
 from mia.attacks.base import Attack
+from mia.cache import PredictionCache
 from mia.cli import CONFIG_DIR, build, build_loggers, run_or_exit
 from mia.data.evaluation import EvaluationSet, from_folders, from_split
 from mia.data.images import to_model_range
@@ -24,6 +28,8 @@ from mia.errors import MiaError
 from mia.memorizer import memorizing_target
 from mia.metrics import evaluate, roc_curve
 from mia.module import AttackModule
+from mia.plots import plot_timestep_profile
+from mia.profile import build_profile
 from mia.report import format_metrics, log_to_wandb, write_outputs
 from mia.result import AttackResult
 from mia.targets import DiffusionTarget, load_pipeline_target, load_split
@@ -72,8 +78,21 @@ def build_target(cfg: DictConfig) -> tuple[DiffusionTarget, Any]:
 
 def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: EvaluationSet) -> tuple:
     """Scores aligned with the evaluation set, the counted queries, the seconds taken and the device."""
-    module = AttackModule(target, attack)
     trainer: L.Trainer = instantiate(cfg.trainer)
+    cache = None
+    if cfg.cache.enabled and attack.cacheable:
+        key = {
+            "attack": attack.name,
+            **attack.prediction_settings(),
+            "target": target.identity,
+            "samples": hashlib.sha256("\n".join(evalset.ids).encode()).hexdigest(),
+            "device": trainer.strategy.root_device.type,
+            "precision": str(trainer.precision),
+        }
+        cache = PredictionCache(cfg.cache.dir, key)
+        if cache.complete:
+            log.info("reusing cached predictions from %s: no model queries", cache.folder)
+    module = AttackModule(target, attack, cache, n_samples=len(evalset))
     loader = DataLoader(evalset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     started = time.perf_counter()
     batches = trainer.predict(module, dataloaders=loader)
@@ -83,7 +102,35 @@ def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: Eva
     queries = int(sum(int(b["queries"]) for b in batches))
     if np.isnan(scores).any():
         raise MiaError("the attack produced NaN scores; the target's predictions are broken")
-    return scores, queries, seconds, str(trainer.strategy.root_device)
+    # The attack's cost is what the predictions took when they were made, counted then or now.
+    cost = queries
+    if cache is not None:
+        cost = cache.queries if cache.complete else queries
+        cache.finish(queries)
+    return scores, {"queries": cost, "queries_this_run": queries}, seconds, str(trainer.strategy.root_device)
+
+
+def timestep_profile(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: EvaluationSet):
+    """NA at every start timestep of ``report.profile_timesteps`` on up to ``profile_max_samples`` per class."""
+    if not isinstance(attack, NoiseAggregation):
+        raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
+    subset = evalset.first(cfg.report.profile_max_samples)
+    scores_by_t, queries = {}, 0
+    for t in cfg.report.profile_timesteps:
+        at_t = dataclasses.replace(attack, t=int(t))
+        path = at_t.timesteps()
+        if min(path) < 0 or max(path) >= target.num_timesteps:
+            log.warning("timestep profile: skipping t=%s, whose path %s leaves the schedule", t, path)
+            continue
+        scores_by_t[int(t)], counted, _, _ = score(cfg, at_t, target, subset)
+        queries += counted["queries_this_run"]
+    if not scores_by_t:
+        raise MiaError("report.profile_timesteps holds no timestep whose NA path fits the schedule")
+    return build_profile(scores_by_t, subset.labels.numpy(), attack.statistic, attack.delta, queries / len(subset))
+
+
+def _tidy(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -95,31 +142,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scores, queries, seconds, device = score(cfg, attack, target, evalset)
 
     labels = evalset.labels.numpy()
-    queries_per_sample = queries / len(evalset)
+    per_sample = {key: value / len(evalset) for key, value in queries.items()}
     metrics = {
         "attack": attack.name,
         "settings": attack.settings(),
         "target": str(Path(cfg.target.path).expanduser().resolve()),
         "target_kind": cfg.target.kind,
         **evaluate(scores, labels, cfg.metrics.bootstrap, cfg.metrics.confidence, cfg.metrics.seed),
-        "queries_per_sample": int(queries_per_sample) if queries_per_sample.is_integer() else queries_per_sample,
+        "queries_per_sample": _tidy(per_sample["queries"]),
+        "queries_per_sample_this_run": _tidy(per_sample["queries_this_run"]),
         "seconds": round(seconds, 3),
         "seconds_per_1000": round(1000 * seconds / len(evalset), 3),
         "device": device,
     }
     result = AttackResult(attack.name, evalset.ids, labels, scores, metrics)
+    profile = timestep_profile(cfg, attack, target, evalset) if cfg.report.profile else None
     out_dir = Path(cfg.paths.output_dir)
     roc = roc_curve(scores, labels)
     figures = write_outputs(result, roc, out_dir)
-    log.info("results of %s:\n%s", attack.name, format_metrics(metrics))
-    log.info("files: %s (metrics.json, scores.csv, roc.png, scores_histogram.png)", out_dir)
-
+    if profile is not None:
+        profile.save_csv(out_dir / "timestep_profile.csv")
+        figures["timestep_profile"] = out_dir / "timestep_profile.png"
+        plot_timestep_profile(profile).savefig(figures["timestep_profile"], dpi=120)
+    wandb_dirs = []
     for logger in build_loggers(cfg.get("logger")):
         if isinstance(logger, WandbLogger):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             log_to_wandb(logger, result, roc, evalset.images, figures, cfg.report.top_k)
-            log.info("W&B run: %s", logger.experiment.dir)
+            wandb_dirs.append(Path(logger.experiment.dir).parent)
             logger.experiment.finish()
+    log.info("results of %s on %s:\n%s", attack.name, cfg.target.path, format_metrics(metrics))
+    log.info("files: %s (metrics.json, scores.csv, roc.png, scores_histogram.png)", out_dir)
+    for run_dir in wandb_dirs:
+        log.info("W&B run (offline): %s; upload with `make sync` or `wandb sync %s`", run_dir, run_dir)
     return metrics
 
 

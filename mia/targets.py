@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mia.cache import file_digest
 from mia.data.split import Split
 from mia.errors import MiaError
 
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 class DiffusionTarget(nn.Module):
     """A denoiser ``ε_θ(x_t, t)`` with its noise schedule; counts one query per sample per forward pass."""
 
-    def __init__(self, denoiser: nn.Module, alphas_cumprod: torch.Tensor, name: str = "target") -> None:
+    def __init__(
+        self, denoiser: nn.Module, alphas_cumprod: torch.Tensor, name: str = "target", identity: str = ""
+    ) -> None:
         super().__init__()
         self.denoiser = denoiser.eval().requires_grad_(False)
         # float64: ᾱ close to 1 at small t loses digits in float32, and the scores compare tiny differences.
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float64), persistent=False)
         self.name = name
+        self.identity = identity  # a digest of the weights and schedule; keys the prediction cache
         self.queries = 0  # sample-forwards since construction (or since reset_queries)
         self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
 
@@ -110,7 +114,8 @@ def load_pipeline_target(path: str | Path) -> DiffusionTarget:
         raise MiaError(
             f"{path} predicts '{scheduler.config.prediction_type}', but the attacks need an ε-prediction model"
         )
-    return DiffusionTarget(unet, scheduler.alphas_cumprod, name=path.name)
+    files = [*sorted(p for p in (path / "unet").iterdir() if p.is_file()), path / "scheduler" / "scheduler_config.json"]
+    return DiffusionTarget(unet, scheduler.alphas_cumprod, name=path.name, identity=file_digest(*files))
 
 
 def load_split(path: str | Path) -> Split | None:

@@ -42,7 +42,8 @@ TINY_TRAIN = [
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """A root config as the entry point would see it, writing into ``output_dir``."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        paths = [f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}/runs"]
+        return compose(name, overrides=[*overrides, *paths])
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int], seed: int, ext: str = "png") -> list[Path]:
@@ -76,3 +77,37 @@ def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_target")
     train(compose_config("train", TINY_TRAIN, out))
     return out / "target"
+
+
+@pytest.fixture(scope="session")
+def digits_memorizer():
+    """A memoriser of 200 digits at 16x16, and an evaluation set of those 200 and 200 others."""
+    from diffusers import DDPMScheduler
+
+    from mia.data.evaluation import EvaluationSet
+    from mia.data.images import load_images, to_model_range
+    from mia.data.pools import DigitsPool
+    from mia.data.split import make_split
+    from mia.memorizer import memorizing_target
+
+    alphas = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod
+    pool = DigitsPool(image_size=16)
+    member_idx, nonmember_idx = make_split(len(pool), 200, 200, seed=0)
+    images, _ = load_images(pool, [*member_idx, *nonmember_idx])
+    labels = torch.cat([torch.ones(200), torch.zeros(200)])
+    ids = [pool.ids[i] for i in [*member_idx, *nonmember_idx]]
+    target = memorizing_target(to_model_range(images[:200]), alphas)
+    return target, EvaluationSet(images, labels, ids)
+
+
+def score_all(attack, target, evalset, batch_size: int = 100) -> np.ndarray:
+    """An attack's scores over an evaluation set, batch by batch, without Lightning."""
+    from mia.attacks import SampleNoise
+    from mia.data.images import to_model_range
+
+    scores = []
+    for start in range(0, len(evalset), batch_size):
+        stop = min(start + batch_size, len(evalset))
+        x0 = to_model_range(evalset.images[start:stop])
+        scores.append(attack.score(target, x0, SampleNoise(evalset.keys[start:stop], getattr(attack, "seed", 0))))
+    return torch.cat(scores).numpy()

@@ -6,42 +6,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from conftest import score_all
 from torch.utils.data import DataLoader
 
 from mia.attacks import NoiseAggregation, SampleNoise
 from mia.attacks.aggregation import aggregation_score
 from mia.data.evaluation import EvaluationSet, sample_key
-from mia.data.images import load_images, to_model_range
-from mia.data.pools import DigitsPool
-from mia.data.split import make_split
+from mia.data.images import to_model_range
 from mia.errors import MiaError
-from mia.memorizer import memorizing_target
 from mia.metrics import auc, roc_curve
 from mia.module import AttackModule
-
-ALPHAS = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod
-
-
-@pytest.fixture(scope="module")
-def digits_memorizer():
-    """A memoriser of 200 digits at 16x16, and an evaluation set of those 200 and 200 others."""
-    pool = DigitsPool(image_size=16)
-    member_idx, nonmember_idx = make_split(len(pool), 200, 200, seed=0)
-    images, _ = load_images(pool, [*member_idx, *nonmember_idx])
-    labels = torch.cat([torch.ones(200), torch.zeros(200)])
-    ids = [pool.ids[i] for i in [*member_idx, *nonmember_idx]]
-    target = memorizing_target(to_model_range(images[:200]), ALPHAS)
-    return target, EvaluationSet(images, labels, ids)
-
-
-def score_all(attack, target, evalset, batch_size=100):
-    scores = []
-    for start in range(0, len(evalset), batch_size):
-        rows = range(start, min(start + batch_size, len(evalset)))
-        x0 = to_model_range(evalset.images[rows.start : rows.stop])
-        scores.append(attack.score(target, x0, SampleNoise(evalset.keys[rows.start : rows.stop], attack.seed)))
-    return torch.cat(scores).numpy()
 
 
 def test_na_separates_members_on_the_memorizer(digits_memorizer):

@@ -37,6 +37,9 @@ class Attack(ABC):
     """
 
     name: ClassVar[str] = "attack"
+    # True for attacks with ``collect`` (model predictions) and ``aggregate`` (scores from them), whose
+    # predictions can be cached; ``prediction_settings`` then names the settings the predictions depend on.
+    cacheable: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:

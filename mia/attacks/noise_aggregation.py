@@ -22,6 +22,7 @@ class NoiseAggregation(Attack):
     """NA with the paper's defaults t = 80, k = 5, m = 10, pairwise L2 over the predictions."""
 
     name = "na"
+    cacheable = True
     t: int = 80  # start timestep
     k: int = 5  # predictions collected (= queries per sample)
     m: int = 10  # timestep interval of the DDIM path
@@ -65,6 +66,10 @@ class NoiseAggregation(Attack):
             if i + 1 < len(path):
                 x = ddim_move(target, x, eps, t, path[i + 1])
         return torch.stack(predictions, dim=1)
+
+    def prediction_settings(self) -> dict:
+        """What the predictions depend on: all settings but the statistic and δ."""
+        return {k: v for k, v in self.settings().items() if k not in ("statistic", "delta")}
 
     def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
         return aggregation_score(predictions, self.statistic, self.delta)

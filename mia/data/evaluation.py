@@ -48,6 +48,14 @@ class EvaluationSet(Dataset):
     def n_members(self) -> int:
         return int(self.labels.sum())
 
+    def first(self, n: int | None) -> EvaluationSet:
+        """The first ``n`` members and first ``n`` non-members (all when ``n`` is None)."""
+        if n is None:
+            return self
+        members, nonmembers = torch.nonzero(self.labels == 1).flatten(), torch.nonzero(self.labels == 0).flatten()
+        rows = [*members[:n].tolist(), *nonmembers[:n].tolist()]
+        return EvaluationSet(self.images[rows], self.labels[rows], [self.ids[i] for i in rows])
+
 
 def _first(ids: list[str], limit: int | None) -> list[str]:
     if limit is None:

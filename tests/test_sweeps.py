@@ -1,0 +1,131 @@
+"""Multiruns: the summary callback, the prediction cache, the timestep profile, launchers and presets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose_config
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mia.cli import CONFIG_DIR
+from mia.run_attack import run
+from mia.sweep import write_summary
+
+QUICK = ["logger=none", "metrics.bootstrap=20", "trainer.enable_progress_bar=false"]
+
+
+def attack(target: Path, out: Path, *overrides: str) -> dict:
+    return run(compose_config("attack", [f"target.path={target}", *QUICK, *overrides], out))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "mia", "-m", *QUICK, f"paths.log_dir={tmp_path}/runs",
+               f"hydra.sweep.dir={tmp_path}/sweep", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_a_two_knob_sweep_ends_in_a_summary_and_heatmaps(tiny_target: Path, tmp_path: Path):
+    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na", "attack.t=40,60,80",
+                       "attack.noise_scale=0.1,1.0")
+    assert process.returncode == 0, process.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    rows = read_rows(sweep / "summary.csv")
+    assert len(rows) == 6
+    assert {(r["attack.t"], r["attack.noise_scale"]) for r in rows} == {
+        (t, s) for t in ("40", "60", "80") for s in ("0.1", "1.0")}
+    for row in rows:
+        job = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["auc"]) == job["auc"] and int(row["queries_per_sample"]) == 5
+    for name in ("heatmap_auc.png", "heatmap_tpr_at_1pct_fpr.png", "roc_overlay.png"):
+        assert (sweep / name).stat().st_size > 0
+    assert "best AUC" in process.stderr + process.stdout
+
+
+def test_comparing_every_attack_gives_six_rows_with_counted_queries(tiny_target: Path, tmp_path: Path):
+    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na,loss,pia,pian,secmi,sima")
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = read_rows(tmp_path / "sweep" / "summary.csv")
+    assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima"]
+    assert [int(r["queries_per_sample"]) for r in rows] == [5, 1, 2, 2, 12, 1]
+    for row in rows:
+        for key in ("auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "seconds"):
+            assert row[key] != "", key
+        assert json.loads(row["settings"])
+    assert (tmp_path / "sweep" / "roc_overlay.png").stat().st_size > 0
+
+
+def test_summary_of_a_one_knob_sweep_draws_lines(tiny_target: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    for job, t in enumerate((40, 80)):
+        out = sweep / str(job)
+        attack(tiny_target, out, "attack=na", f"attack.t={t}")
+        (out / ".hydra").mkdir()
+        (out / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml([f"attack.t={t}", "attack=na"]))
+    written = write_summary(sweep)
+    assert written["sweep_plot"].name == "sweep_attack.t.png" and written["sweep_plot"].exists()
+    assert [r["attack.t"] for r in read_rows(written["summary"])] == ["40", "80"]
+    assert "heatmap_auc" not in written
+
+
+def test_a_statistic_sweep_reuses_the_cached_predictions(tiny_target: Path, tmp_path: Path):
+    cache = [f"cache.dir={tmp_path}/cache"]
+    first = attack(tiny_target, tmp_path / "l2", "attack=na", *cache)
+    assert first["queries_per_sample"] == 5 and first["queries_per_sample_this_run"] == 5
+    for statistic in ("centroid", "density", "pairwise_l1"):
+        again = attack(tiny_target, tmp_path / statistic, "attack=na", f"attack.statistic={statistic}", *cache)
+        assert again["queries_per_sample_this_run"] == 0  # hit: the counter saw no forward pass
+        assert again["queries_per_sample"] == 5  # the cost of the predictions, counted when they were made
+        attack(tiny_target, tmp_path / f"{statistic}_fresh", "attack=na", f"attack.statistic={statistic}",
+                       "cache.enabled=false")
+        cached_scores = np.loadtxt(tmp_path / statistic / "scores.csv", delimiter=",", skiprows=1, usecols=2)
+        fresh_scores = np.loadtxt(tmp_path / f"{statistic}_fresh" / "scores.csv", delimiter=",", skiprows=1,
+                                  usecols=2)
+        np.testing.assert_array_equal(cached_scores, fresh_scores)
+    # Anything that changes the predictions misses the cache.
+    for change in ("attack.t=60", "attack.seed=1", "attack.noise_scale=0.5", "data.max_members=10"):
+        miss = attack(tiny_target, tmp_path / change.replace("=", "_"), "attack=na", change, *cache)
+        assert miss["queries_per_sample_this_run"] == 5, change
+
+
+def test_timestep_profile_is_drawn_and_logged(tiny_target: Path, tmp_path: Path):
+    metrics = attack(tiny_target, tmp_path, "attack=na", "report.profile=true", "report.profile_timesteps=[30,40,60]",
+                     "report.profile_max_samples=8", "logger=wandb", f"cache.dir={tmp_path}/cache")
+    rows = read_rows(tmp_path / "timestep_profile.csv")
+    assert [r["t"] for r in rows] == ["40", "60"]  # t = 30 leaves the schedule with k = 5, m = 10
+    assert all(0.0 <= float(r["auc"]) <= 1.0 for r in rows)
+    assert (tmp_path / "timestep_profile.png").stat().st_size > 0
+    media = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media" / "images"
+    assert list(media.glob("timestep_profile_*.png"))
+    assert metrics["queries_per_sample"] == 5  # the profile's queries are not the attack's
+
+
+@pytest.mark.parametrize(("launcher", "target"), [
+    ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+    ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])
+def test_launcher_configs_compose(launcher: str, target: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("attack", overrides=["target.path=x", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.parametrize("preset", ["sweep_na_t_noise", "sweep_na_k_m", "sweep_na_statistic", "compare_attacks"])
+def test_sweep_presets_compose(preset: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("attack", overrides=["target.path=x", f"experiment={preset}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
