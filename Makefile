@@ -30,6 +30,12 @@ test: install ## run the test suite (CPU, a few minutes; slow tests excluded)
 test-slow: install ## run only the slow tests
 	$(BIN)/python -m pytest -m slow -q
 
+bench: install ## speed benchmark: attack overhead, training throughput, memory (ratios; under 10 minutes)
+	$(BIN)/python -m bench.speed
+
+sweep: install ## NA over timestep x noise scale on the demo target (run `make demo` first)
+	$(BIN)/mia-attack experiment=sweep_na_t_noise target.path=runs/demo/target
+
 lint: install ## ruff
 	$(BIN)/ruff check .
 

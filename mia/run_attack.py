@@ -32,7 +32,7 @@ from mia.plots import plot_timestep_profile
 from mia.profile import build_profile
 from mia.report import format_metrics, log_to_wandb, write_outputs
 from mia.result import AttackResult
-from mia.targets import DiffusionTarget, load_pipeline_target, load_split
+from mia.targets import DiffusionTarget, load_checkpoint_target, load_pipeline_target, load_split
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def build_target(cfg: DictConfig) -> tuple[DiffusionTarget, Any]:
         raise MiaError("target.path is not set; pass target.path=<folder exported by mia-train>")
     target = load_pipeline_target(cfg.target.path)
     split = load_split(cfg.target.path)
+    if cfg.target.checkpoint:
+        target = load_checkpoint_target(cfg.target.checkpoint)
     if cfg.target.kind == "memorizer":
         if split is None:
             raise MiaError("target.kind=memorizer memorises a split's members; the target has no split.json")
@@ -148,6 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": attack.settings(),
         "target": str(Path(cfg.target.path).expanduser().resolve()),
         "target_kind": cfg.target.kind,
+        "target_checkpoint": cfg.target.checkpoint,
         **evaluate(scores, labels, cfg.metrics.bootstrap, cfg.metrics.confidence, cfg.metrics.seed),
         "queries_per_sample": _tidy(per_sample["queries"]),
         "queries_per_sample_this_run": _tidy(per_sample["queries_this_run"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -116,6 +117,26 @@ def load_pipeline_target(path: str | Path) -> DiffusionTarget:
         )
     files = [*sorted(p for p in (path / "unet").iterdir() if p.is_file()), path / "scheduler" / "scheduler_config.json"]
     return DiffusionTarget(unet, scheduler.alphas_cumprod, name=path.name, identity=file_digest(*files))
+
+
+def load_checkpoint_target(path: str | Path) -> DiffusionTarget:
+    """The weights of a ``mia-train`` training checkpoint (the EMA weights when EMA was on) as a target."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MiaError(f"checkpoint {path} does not exist; pass target.checkpoint=<run>/checkpoints/<step>.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = checkpoint["hyper_parameters"]
+        unet = UNet2DModel(**hparams["unet"])
+        state = {k[len("unet."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+        unet.load_state_dict(state)
+        scheduler = DDPMScheduler(**hparams["scheduler"])
+    except (OSError, KeyError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        raise MiaError(f"{path} is not a mia-train checkpoint: {err}") from err
+    name = f"{path.parent.parent.name}/{path.stem}"
+    return DiffusionTarget(unet, scheduler.alphas_cumprod, name=name, identity=file_digest(path))
 
 
 def load_split(path: str | Path) -> Split | None:

@@ -196,3 +196,18 @@ def test_a_changed_or_moved_dataset_is_caught_by_the_fingerprint(tmp_path: Path)
     write_images(tmp_path / "other" / "x", 3, (8, 8), seed=5)
     with pytest.raises(MiaError, match="are not in the dataset"):
         attack(target, tmp_path / "other_run", "attack=sima", f"data.root={tmp_path}/other")
+
+
+def test_a_training_checkpoint_can_be_attacked(tiny_target: Path, tmp_path: Path):
+    checkpoint = tiny_target.parent / "checkpoints" / "last.ckpt"
+    exported = attack(tiny_target, tmp_path / "exported", "attack=sima")
+    from_checkpoint = attack(tiny_target, tmp_path / "ckpt", "attack=sima", f"target.checkpoint={checkpoint}")
+    # The last checkpoint holds the final EMA weights, which are what was exported.
+    assert from_checkpoint["auc"] == exported["auc"]
+    np.testing.assert_allclose(read_scores(tmp_path / "ckpt/scores.csv")[2],
+                               read_scores(tmp_path / "exported/scores.csv")[2], rtol=1e-6)
+    with pytest.raises(MiaError, match="does not exist"):
+        attack(tiny_target, tmp_path / "nope", "attack=sima", f"target.checkpoint={tmp_path}/nope.ckpt")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MiaError, match="is not a mia-train checkpoint"):
+        attack(tiny_target, tmp_path / "bad", "attack=sima", f"target.checkpoint={tmp_path}/bad.ckpt")

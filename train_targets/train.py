@@ -39,7 +39,7 @@ def check_model_fits_data(model: DDPMTarget, channels: int, image_size: int) -> 
         )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Build data, model and trainer from the config, fit, export; returns the training summary."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
@@ -63,7 +63,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model: DDPMTarget = instantiate(cfg.target, _convert_="all")
     check_model_fits_data(model, pool.channels, pool.image_size)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=build_loggers(cfg.get("logger"))
+        cfg.trainer,
+        callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
+        logger=build_loggers(cfg.get("logger")),
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

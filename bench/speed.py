@@ -1,0 +1,202 @@
+"""Speed benchmark (`make bench`): three ratios, each measured within this one run.
+
+1. attack overhead: NA's wall time over an evaluation set / (k x plain batched UNet forwards over it);
+   goal <= 1.10.
+2. training throughput: mia-train's steps per second / a minimal PyTorch loop with the same diffusers UNet,
+   batch and data; goal >= 0.95.
+3. memory: peak resident memory of an attack over 8,000 samples / over 1,000; goal <= 1.2.
+
+Absolute times on a shared machine are noisy; ratios within one run are what is reported. Everything runs
+on synthetic images in a temporary folder, so the benchmark needs no dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from mia.cli import CONFIG_DIR
+
+log = logging.getLogger("bench.speed")
+IMAGE_SIZE = 16
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(name: str, overrides: list[str], out: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, overrides=[*overrides, f"paths.output_dir={out}", f"paths.log_dir={out}/runs"])
+
+
+def make_images(root: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / f"{i // 1000:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def train_overrides(data_root: Path, members: int, nonmembers: int, steps: int) -> list[str]:
+    return [
+        "data=folder", f"data.root={data_root}", f"data.image_size={IMAGE_SIZE}", "target=ddpm_small",
+        f"split.members={members}", f"split.nonmembers={nonmembers}", "batch_size=64", "logger=none",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps + 1}", "target.sample_count=0",
+        "callbacks.model_checkpoint.every_n_train_steps=100000", "trainer.enable_progress_bar=false",
+    ]
+
+
+class StepTimer(L.Callback):
+    """Wall time of training steps [skip, end): startup and the first steps' warm-up excluded."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+        self.started: float | None = None
+        self.steps = 0
+        self.seconds = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.skip:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.started is not None:
+            self.steps = trainer.global_step - self.skip
+            self.seconds = time.perf_counter() - self.started
+
+
+def training_ratio(data_root: Path, work: Path, steps: int, skip: int) -> dict:
+    """mia-train's steps/s over a plain loop's, same UNet, batch, members and learning rate."""
+    from hydra.utils import instantiate
+
+    from mia.data.datamodule import MemberDataModule
+    from mia.data.images import to_model_range
+    from train_targets.train import train
+
+    cfg = config("train", train_overrides(data_root, 512, 64, steps), work / "train")
+    timer = StepTimer(skip)
+    train(cfg, extra_callbacks=[timer])
+    framework = timer.steps / timer.seconds
+
+    # The plain loop: the same members, UNet, optimizer and noise process; no Lightning, EMA, clipping or flips.
+    pool = instantiate(cfg.data, _convert_="all")
+    data = MemberDataModule(pool, {}, 512, 64, seed=0, batch_size=64)
+    data.prepare()
+    model = instantiate(cfg.target, _convert_="all")
+    unet, scheduler = model.unet.train(), model.noise_scheduler
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.target.lr)
+    generator = torch.Generator().manual_seed(0)
+    started = None
+    for step in range(steps):
+        if step == skip:
+            started = time.perf_counter()
+        index = torch.randperm(len(data.members), generator=generator)[:64]
+        x0 = to_model_range(data.members[index])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (len(x0),))
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    plain = (steps - skip) / (time.perf_counter() - started)
+    return {"mia_train_steps_per_s": framework, "plain_steps_per_s": plain, "ratio": framework / plain,
+            "goal": ">= 0.95", "met": framework / plain >= 0.95}
+
+
+def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> dict:
+    """NA through mia (Lightning predict loop, per-sample noise, DDIM moves, statistic) over k plain passes."""
+    from mia.attacks import NoiseAggregation
+    from mia.data.images import to_model_range
+    from mia.run_attack import build_evaluation_set, build_target, score
+
+    cfg = config("attack", [f"target.path={target_dir}", f"data.max_members={samples // 2}",
+                            f"data.max_nonmembers={samples // 2}", "cache.enabled=false", "logger=none",
+                            "trainer.enable_progress_bar=false"], work / "overhead")
+    attack = NoiseAggregation()
+    target, split = build_target(cfg)
+    evalset = build_evaluation_set(cfg, target, split)
+    batch = cfg.data.batch_size
+    batches = [to_model_range(evalset.images[i : i + batch]) for i in range(0, len(evalset), batch)]
+
+    def plain() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for t in attack.timesteps():
+                for x in batches:
+                    target.denoiser(x, torch.full((len(x),), t))
+        return time.perf_counter() - started
+
+    na_times, plain_times = [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both
+        plain_times.append(plain())
+        na_times.append(score(cfg, attack, target, evalset)[2])
+    ratio = min(na_times) / min(plain_times)
+    return {"na_seconds": min(na_times), "plain_seconds_k_passes": min(plain_times), "k": attack.k,
+            "samples": len(evalset), "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
+
+
+def peak_rss_mb(target_dir: Path, work: Path, per_class: int) -> float:
+    """Peak resident memory (MB) of a whole `mia-attack` process over 2 x per_class samples."""
+    command = [sys.executable, "-m", "mia", f"target.path={target_dir}", "attack=na",
+               f"data.max_members={per_class}", f"data.max_nonmembers={per_class}", "logger=none",
+               f"paths.log_dir={work}/runs", f"hydra.run.dir={work}/mem_{per_class}",
+               "trainer.enable_progress_bar=false"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"attack over {2 * per_class} samples failed: {process.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024  # kB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--overhead-samples", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "speed.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    torch.manual_seed(0)
+    results = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}"}
+    with tempfile.TemporaryDirectory(prefix="mia-bench-") as tmp:
+        work = Path(tmp)
+        log.info("making 9,000 synthetic %dx%d images ...", IMAGE_SIZE, IMAGE_SIZE)
+        make_images(work / "images", 9000)
+        log.info("training throughput (%d steps) ...", args.train_steps)
+        results["training"] = training_ratio(work / "images", work, args.train_steps, skip=10)
+        # A target whose split holds 4,000 members and 4,000 non-members (one training step: speed only).
+        from train_targets.train import train
+
+        train(config("train", train_overrides(work / "images", 4000, 4000, 1), work / "target_run"))
+        target_dir = work / "target_run" / "target"
+        log.info("attack overhead (%d samples) ...", args.overhead_samples)
+        results["attack_overhead"] = overhead_ratio(target_dir, work, args.overhead_samples, args.repeats)
+        log.info("peak memory (1,000 and 8,000 samples) ...")
+        small, large = peak_rss_mb(target_dir, work, 500), peak_rss_mb(target_dir, work, 4000)
+        results["memory"] = {"peak_rss_mb_1000": small, "peak_rss_mb_8000": large, "ratio": large / small,
+                             "goal": "<= 1.2", "met": large / small <= 1.2}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nspeed benchmark ({results['machine']}); ratios within this run:")
+    for name, key in (("attack overhead", "attack_overhead"), ("training throughput", "training"),
+                      ("memory 8k / 1k", "memory")):
+        entry = results[key]
+        print(f"  {name:<20} {entry['ratio']:.3f}  (goal {entry['goal']}: {'met' if entry['met'] else 'MISSED'})")
+    print(f"details: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
