@@ -110,16 +110,18 @@ def calibrated_asr(scores, labels, seed: int = 0) -> float:
 def bootstrap_intervals(
     scores, labels, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals for AUC and TPR@1%FPR (members and non-members resampled apart)."""
+    """Percentile bootstrap intervals for AUC, ASR and the TPRs (members and non-members resampled apart)."""
     scores, labels = _as_arrays(scores, labels)
     rng = np.random.default_rng(seed)
     members, nonmembers = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    values: dict[str, list[float]] = {"auc": [], "tpr_at_1pct_fpr": []}
+    values: dict[str, list[float]] = {"auc": [], "asr": [], **{key: [] for key in FPR_TARGETS}}
     for _ in range(n_resamples):
         index = np.concatenate([rng.choice(members, len(members)), rng.choice(nonmembers, len(nonmembers))])
         roc = roc_curve(scores[index], labels[index])
         values["auc"].append(auc(roc))
-        values["tpr_at_1pct_fpr"].append(tpr_at_fpr(roc, 0.01))
+        values["asr"].append(best_accuracy(roc)[0])
+        for key, target in FPR_TARGETS.items():
+            values[key].append(tpr_at_fpr(roc, target))
     tail = (1.0 - confidence) / 2.0 * 100.0
     return {key: [float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))] for key, v in values.items()}
 
@@ -140,8 +142,7 @@ def evaluate(
         "n_nonmembers": int(len(labels) - labels.sum()),
     }
     if n_bootstrap > 0:
-        intervals = bootstrap_intervals(scores, labels, n_bootstrap, confidence, seed)
-        metrics["auc_ci"] = intervals["auc"]
-        metrics["tpr_at_1pct_fpr_ci"] = intervals["tpr_at_1pct_fpr"]
+        for key, interval in bootstrap_intervals(scores, labels, n_bootstrap, confidence, seed).items():
+            metrics[f"{key}_ci"] = interval
         metrics["ci_level"] = confidence
     return metrics

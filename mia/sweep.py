@@ -23,10 +23,12 @@ from mia.result import AttackResult
 
 log = logging.getLogger(__name__)
 
+INTERVALS = ("auc", "asr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
 METRIC_COLUMNS = (
-    "auc", "auc_ci_low", "auc_ci_high", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low",
-    "tpr_at_1pct_fpr_ci_high", "tpr_at_0.1pct_fpr", "queries_per_sample", "seconds", "seconds_per_1000",
-    "n_members", "n_nonmembers",
+    "auc", "auc_ci_low", "auc_ci_high", "asr", "asr_ci_low", "asr_ci_high", "asr_calibrated",
+    "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
+    "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
+    "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000", "n_members", "n_nonmembers",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 
@@ -71,7 +73,7 @@ def summary_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[str,
         metrics = job["result"].metrics
         row: dict[str, Any] = {"job": job["job"], "attack": metrics.get("attack")}
         row.update({key: job["overrides"].get(key, "") for key in swept})
-        for key in ("auc", "tpr_at_1pct_fpr"):
+        for key in INTERVALS:
             low, high = metrics.get(f"{key}_ci", (None, None))
             metrics = {**metrics, f"{key}_ci_low": low, f"{key}_ci_high": high}
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS})

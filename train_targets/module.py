@@ -85,7 +85,10 @@ class DDPMTarget(L.LightningModule):
         return x.clamp(-1, 1)
 
     def _log_samples(self) -> None:
-        grid = make_grid((self.sample(self.hparams.sample_count, self.hparams.sample_steps) + 1) / 2, nrow=4)
+        images = (self.sample(self.hparams.sample_count, self.hparams.sample_steps) + 1) / 2
+        # Small images (8x8 digits) are enlarged, without smoothing, so the grid can be looked at.
+        scale = max(1, 64 // images.shape[-1])
+        grid = make_grid(F.interpolate(images, scale_factor=scale, mode="nearest"), nrow=4, pad_value=0.5)
         step = self.global_step
         if self.hparams.sample_dir:
             path = Path(self.hparams.sample_dir) / f"samples_step{step:07d}.png"

@@ -17,7 +17,7 @@ class SampleNoise:
     """Gaussian noise seeded per sample: a sample gets the same noise in any batch, order or device."""
 
     def __init__(self, keys: torch.Tensor, seed: int) -> None:
-        self.keys = [int(k) for k in keys]
+        self.keys = [int(k) for k in keys.tolist()]  # one device-to-host copy, not one per sample
         self.seed = int(seed)
 
     def randn(self, shape: tuple[int, ...], stream: int = 0, device=None) -> torch.Tensor:
