@@ -107,6 +107,23 @@ def calibrated_asr(scores, labels, seed: int = 0) -> float:
     return float(np.mean(results))
 
 
+def auc_with_calibrated_orientation(scores, labels, seed: int = 0) -> float:
+    """A variant, reported as such: the score's sign is chosen on one stratified half (flipped when its AUC
+    there is below 0.5) and AUC is measured on the other half; both directions averaged.
+
+    For attacks that come out inverted on a target; the plain ``auc`` never flips.
+    """
+    scores, labels = _as_arrays(scores, labels)
+    if min(labels.sum(), len(labels) - labels.sum()) < 2:
+        return math.nan
+    half_a, half_b = _stratified_halves(labels, np.random.default_rng(seed))
+    results = []
+    for calib, held_out in ((half_a, half_b), (half_b, half_a)):
+        sign = 1.0 if auc(roc_curve(scores[calib], labels[calib])) >= 0.5 else -1.0
+        results.append(auc(roc_curve(sign * scores[held_out], labels[held_out])))
+    return float(np.mean(results))
+
+
 def bootstrap_intervals(
     scores, labels, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, list[float]]:
@@ -137,6 +154,7 @@ def evaluate(
         "auc": auc(roc),
         "asr": asr,
         "asr_calibrated": calibrated_asr(scores, labels, seed),
+        "auc_calibrated_orientation": auc_with_calibrated_orientation(scores, labels, seed),
         **{key: tpr_at_fpr(roc, target) for key, target in FPR_TARGETS.items()},
         "n_members": int(labels.sum()),
         "n_nonmembers": int(len(labels) - labels.sum()),

@@ -114,8 +114,6 @@ def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: Eva
 
 def timestep_profile(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: EvaluationSet):
     """NA at every start timestep of ``report.profile_timesteps`` on up to ``profile_max_samples`` per class."""
-    if not isinstance(attack, NoiseAggregation):
-        raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     subset = evalset.first(cfg.report.profile_max_samples)
     scores_by_t, queries = {}, 0
     for t in cfg.report.profile_timesteps:
@@ -137,6 +135,8 @@ def _tidy(value: float) -> int | float:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     attack: Attack = build(cfg.attack, _convert_="all")
+    if cfg.report.profile and not isinstance(attack, NoiseAggregation):
+        raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     target, split = build_target(cfg)
     evalset = build_evaluation_set(cfg, target, split)
     log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,

@@ -69,10 +69,14 @@ def test_calibrated_asr_is_measured_on_held_out_halves():
     assert abs(calibrated_asr(noise, labels) - 0.5) < 0.06
 
 
-def test_orientation_is_never_flipped():
+def test_orientation_is_never_flipped_but_the_calibrated_variant_may_be():
     labels = np.r_[np.ones(50, int), np.zeros(50, int)]
     metrics = evaluate(-labels * 1.0, labels, n_bootstrap=0)  # an inverted attack
     assert metrics["auc"] == 0.0 and metrics["tpr_at_1pct_fpr"] == 0.0
+    assert metrics["auc_calibrated_orientation"] == 1.0  # sign chosen on one half, measured on the other
+    noise = np.random.default_rng(0).normal(size=100)
+    # On pure noise the variant cannot manufacture a signal: the sign it picks does not transfer.
+    assert abs(evaluate(noise, labels, n_bootstrap=0)["auc_calibrated_orientation"] - 0.5) < 0.12
 
 
 def test_bootstrap_interval_brackets_the_estimate():
