@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 INTERVALS = ("auc", "asr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
 METRIC_COLUMNS = (
-    "auc", "auc_ci_low", "auc_ci_high", "auc_calibrated_orientation", "asr", "asr_ci_low", "asr_ci_high", "asr_calibrated",
+    "auc", "auc_ci_low", "auc_ci_high", "auc_calibrated_orientation",
+    "asr", "asr_ci_low", "asr_ci_high", "asr_calibrated",
     "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
-    "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000", "n_members", "n_nonmembers",
+    "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
+    "n_members", "n_nonmembers",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 
