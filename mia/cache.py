@@ -3,7 +3,9 @@
 NA's k noise predictions per sample depend on the target, the samples and the settings that shape the
 path (t, k, m, noise scale, direction, seed, device); the aggregation statistic and the metrics do not.
 A sweep over those reuses the predictions. Predictions are written batch by batch with plain file writes
-(not a memory map), so they stream to disk instead of piling up in the process's memory.
+(not a memory map), so they stream to disk instead of piling up in the process's memory. Each writer
+writes its own temporary file and publishes it with an atomic rename, so parallel jobs with the same key
+(a joblib sweep over statistics) cannot corrupt one another.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ class PredictionCache:
         self.folder = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:24]
         self._data = self.folder / "predictions.f32"
         self._meta = self.folder / "meta.json"
-        self._partial = self.folder / "predictions.f32.partial"
+        self._partial: Path | None = None
         self._shape: tuple[int, ...] | None = None
         self._rows = 0
         self._written = 0
@@ -69,8 +72,10 @@ class PredictionCache:
             self._shape = tuple(predictions.shape[1:])
             self._rows = total_rows
             self._written = 0
-            with open(self._partial, "wb") as handle:
-                handle.truncate(total_rows * int(np.prod(self._shape)) * 4)
+            handle, name = tempfile.mkstemp(prefix="predictions.", suffix=".partial", dir=self.folder)
+            os.ftruncate(handle, total_rows * int(np.prod(self._shape)) * 4)
+            os.close(handle)
+            self._partial = Path(name)
         array = predictions.detach().to(torch.float32).cpu().numpy()
         with open(self._partial, "r+b") as handle:
             handle.seek(start * int(np.prod(self._shape)) * 4)
@@ -82,9 +87,15 @@ class PredictionCache:
 
         ``queries`` is the counted number of sample-forwards that made the predictions.
         """
-        if self._shape is None or self._written != self._rows:
+        if self._partial is None:
+            return
+        if self._written != self._rows or self.complete:  # stopped early, or another job published first
+            self._partial.unlink(missing_ok=True)
             return
         os.replace(self._partial, self._data)
         meta = {"shape": list(self._shape), "rows": self._rows, "queries": queries, "key": self.key}
-        self._meta.write_text(json.dumps(meta, default=str, indent=1))
+        handle, name = tempfile.mkstemp(prefix="meta.", suffix=".json", dir=self.folder)
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(meta, default=str, indent=1))
+        os.replace(name, self._meta)  # the cache counts as complete only once this lands
         log.info("cached %d samples' predictions in %s", self._rows, self.folder)

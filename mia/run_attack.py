@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from mia import __version__
 from mia.attacks import NoiseAggregation
 from mia.attacks.base import Attack
 from mia.cache import PredictionCache
@@ -69,6 +70,9 @@ def build_target(cfg: DictConfig) -> tuple[DiffusionTarget, Any]:
     if cfg.target.checkpoint:
         target = load_checkpoint_target(cfg.target.checkpoint)
     if cfg.target.kind == "memorizer":
+        if cfg.data.members or cfg.data.nonmembers:
+            raise MiaError("target.kind=memorizer memorises the split's members; it cannot be evaluated on "
+                           "data.members / data.nonmembers folders, whose labels it does not know")
         if split is None:
             raise MiaError("target.kind=memorizer memorises a split's members; the target has no split.json")
         members = from_split(split, cfg.data.root, max_nonmembers=1)
@@ -81,13 +85,24 @@ def build_target(cfg: DictConfig) -> tuple[DiffusionTarget, Any]:
 def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: EvaluationSet) -> tuple:
     """Scores aligned with the evaluation set, the counted queries, the seconds taken and the device."""
     trainer: L.Trainer = instantiate(cfg.trainer)
+    if str(trainer.precision) not in ("32-true", "64-true"):
+        raise MiaError(
+            f"trainer.precision={trainer.precision} would round ᾱ and the noise predictions the scores compare; "
+            "attacks run in 32-true or 64-true"
+        )
+    # TF32 matmuls and convolutions on NVIDIA GPUs carry ~1e-3 relative error, enough to blur how tightly
+    # members' predictions cluster; attacks want true float32 on every device.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     cache = None
     if cfg.cache.enabled and attack.cacheable:
         key = {
+            "format": f"mia-{__version__}",  # a change to how predictions are made must miss old caches
             "attack": attack.name,
             **attack.prediction_settings(),
             "target": target.identity,
             "samples": hashlib.sha256("\n".join(evalset.ids).encode()).hexdigest(),
+            "images": hashlib.sha256(evalset.images.numpy().tobytes()).hexdigest(),
             "device": trainer.strategy.root_device.type,
             "precision": str(trainer.precision),
         }
@@ -123,7 +138,7 @@ def timestep_profile(cfg: DictConfig, attack: Attack, target: DiffusionTarget, e
             log.warning("timestep profile: skipping t=%s, whose path %s leaves the schedule", t, path)
             continue
         scores_by_t[int(t)], counted, _, _ = score(cfg, at_t, target, subset)
-        queries += counted["queries_this_run"]
+        queries += counted["queries"]
     if not scores_by_t:
         raise MiaError("report.profile_timesteps holds no timestep whose NA path fits the schedule")
     return build_profile(scores_by_t, subset.labels.numpy(), attack.statistic, attack.delta, queries / len(subset))

@@ -30,7 +30,8 @@ class DiffusionTarget(nn.Module):
     ) -> None:
         super().__init__()
         self.denoiser = denoiser.eval().requires_grad_(False)
-        # float64: ᾱ close to 1 at small t loses digits in float32, and the scores compare tiny differences.
+        # Kept as the scheduler computed it (float32 in diffusers, the values the model was trained with),
+        # stored in float64 so that the coefficients derived from it add no rounding of their own.
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float64), persistent=False)
         self.name = name
         self.identity = identity  # a digest of the weights and schedule; keys the prediction cache
@@ -60,11 +61,12 @@ class DiffusionTarget(nn.Module):
         return float(self.alphas_cumprod[t])
 
     def predict_noise(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """``ε_θ(x_t, t)`` for a batch at one timestep: one query per sample."""
+        """``ε_θ(x_t, t)`` for a batch at one timestep, as float32: one query per sample."""
         if not 0 <= t < self.num_timesteps:
             raise MiaError(f"timestep {t} is outside the model's schedule 0..{self.num_timesteps - 1}")
         timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        eps = self.denoiser(x_t, timesteps).sample
+        weight = next(self.denoiser.parameters(), None)  # none for the closed-form memoriser, which takes float64
+        eps = self.denoiser(x_t if weight is None else x_t.to(weight.dtype), timesteps).sample.float()
         if not torch.isfinite(eps).all():
             bad = int((~torch.isfinite(eps.flatten(1))).any(1).sum())
             raise MiaError(

@@ -135,6 +135,9 @@ def _break_weights(target: Path, dest: Path) -> Path:
         (lambda t, tmp: t, ["attack.statistic=hull"], "attack.statistic must be one of"),
         (lambda t, tmp: t, ["attack.t=20"], "leaves the target's timesteps"),
         (lambda t, tmp: t, ["data.root={tmp}"], "data.root does not apply to the digits dataset"),
+        (lambda t, tmp: t, ["target.kind=memorizer", "data.members={tmp}", "data.nonmembers={tmp}"],
+         "cannot be evaluated on"),
+        (lambda t, tmp: t, ["trainer.precision=bf16-true"], "attacks run in 32-true"),
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_written(tiny_target, tmp_path, setup, overrides, message):

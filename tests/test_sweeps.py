@@ -15,6 +15,7 @@ from conftest import compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mia.cache import PredictionCache
 from mia.cli import CONFIG_DIR
 from mia.run_attack import run
 from mia.sweep import write_summary
@@ -129,3 +130,24 @@ def test_sweep_presets_compose(preset: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("attack", overrides=["target.path=x", f"experiment={preset}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+
+
+def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
+    import torch
+
+    first, second = PredictionCache(tmp_path, {"k": 1}), PredictionCache(tmp_path, {"k": 1})
+    ones = torch.ones(4, 2, 3)
+    first.write(0, ones[:2], total_rows=4)
+    second.write(0, 2 * ones[:2], total_rows=4)  # a parallel job with the same key starts meanwhile
+    first.write(2, ones[2:], total_rows=4)
+    first.finish(queries=8)
+    second.write(2, 2 * ones[2:], total_rows=4)
+    second.finish(queries=8)  # already published by the first: left as it is
+    reader = PredictionCache(tmp_path, {"k": 1})
+    assert reader.complete and reader.queries == 8
+    assert torch.equal(reader.read(0, 4), ones) and torch.equal(reader.read(1, 3), ones[1:3])
+    assert not list(reader.folder.glob("*.partial"))
+    unfinished = PredictionCache(tmp_path, {"k": 2})
+    unfinished.write(0, ones[:2], total_rows=4)
+    unfinished.finish(queries=4)  # stopped early: nothing is published
+    assert not PredictionCache(tmp_path, {"k": 2}).complete

@@ -57,8 +57,9 @@ class NoiseAggregation(Attack):
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
         """The k noise predictions along the path, [B, k, D] (k queries per sample)."""
         path = self.timesteps()
-        signal, sigma = coefficients(target, path[0], x0)
-        x = signal * x0 + self.noise_scale * sigma * noise.randn(x0.shape[1:], device=x0.device)
+        signal, sigma = coefficients(target, path[0])
+        eps = noise.randn(x0.shape[1:], device=x0.device).double()
+        x = signal * x0.double() + self.noise_scale * sigma * eps
         predictions = []
         for i, t in enumerate(path):
             eps = target.predict_noise(x, t)

@@ -45,5 +45,5 @@ class PIAN(PIA):
 
     def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor) -> torch.Tensor:
         eps0 = target.predict_noise(x0, 0)
-        scale = eps0.abs().mean(dim=tuple(range(1, eps0.ndim)), keepdim=True)
+        scale = eps0.abs().mean(dim=tuple(range(1, eps0.ndim)), keepdim=True).clamp_min(torch.finfo(eps0.dtype).tiny)
         return eps0 / scale * math.sqrt(2 / math.pi)
