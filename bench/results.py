@@ -45,7 +45,7 @@ def attack_table(summary: list[dict[str, str]]) -> list[str]:
             f"| {r['attack']} | {interval(r, 'auc')} | {float(r['auc_calibrated_orientation']):.3f} | "
             f"{interval(r, 'asr')} | {float(r['asr_calibrated']):.3f} | "
             f"{interval(r, 'tpr_at_1pct_fpr')} | {interval(r, 'tpr_at_0.1pct_fpr')} | {r['queries_per_sample']} | "
-            f"{float(r['seconds_per_1000']):.1f} |"
+            f"{float(r['seconds_per_1000']):.2f} |"
         )
     return lines
 
@@ -148,7 +148,7 @@ def main() -> None:
                 steps = [p[0] for p in points]
                 series[f"{title} {attack}"] = [p[1] for p in points]
                 out.append(f"- {title}, {attack}: " + ", ".join(f"step {s:,}: {a:.3f}" for s, a in points))
-        plot_sweep_lines(steps, series, "training step", "AUC over training").savefig(
+        plot_sweep_lines(steps, series, "training step", "membership leakage over training", "AUC").savefig(
             IMAGES / "leakage_over_training.png", dpi=120)
         out += ["", "![AUC over training](images/leakage_over_training.png)", ""]
 

@@ -69,14 +69,16 @@ def plot_heatmap(values: np.ndarray, rows: Sequence, columns: Sequence, title: s
     return figure
 
 
-def plot_sweep_lines(x: Sequence, series: dict[str, Sequence[float]], x_label: str, title: str) -> Figure:
+def plot_sweep_lines(
+    x: Sequence, series: dict[str, Sequence[float]], x_label: str, title: str, y_label: str = "metric"
+) -> Figure:
     """Metrics against one swept knob."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
     for label, ys in series.items():
         axis.plot(x, ys, marker="o", label=label)
     axis.axhline(0.5, color="grey", ls="--", lw=1)
-    axis.set(xlabel=x_label, ylabel="metric", title=title)
+    axis.set(xlabel=x_label, ylabel=y_label, title=title)
     axis.grid(alpha=0.3)
     axis.legend()
     return figure

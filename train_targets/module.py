@@ -59,10 +59,9 @@ class DDPMTarget(L.LightningModule):
         per_sample = (self(self.noise_scheduler.add_noise(x0, noise, t), t) - noise).pow(2).flatten(1).mean(1)
         members = labels == 1
         # Weighted by the number of samples of each class in the batch, so the epoch means are exact.
-        if members.any():
-            self.log("val/loss_members", per_sample[members].mean(), batch_size=int(members.sum()))
-        if (~members).any():
-            self.log("val/loss_nonmembers", per_sample[~members].mean(), batch_size=int((~members).sum()))
+        for name, rows in (("val/loss_members", members), ("val/loss_nonmembers", ~members)):
+            if rows.any():
+                self.log(name, per_sample[rows].mean(), batch_size=int(rows.sum()), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.trainer.callback_metrics
