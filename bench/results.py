@@ -163,7 +163,11 @@ def main() -> None:
                 f"| training: mia-train ÷ plain loop (steps/s) | {s['training']['ratio']:.3f} | ≥ 0.95 | "
                 f"{s['training']['mia_train_steps_per_s']:.2f} vs {s['training']['plain_steps_per_s']:.2f} steps/s |",
                 f"| memory: peak RSS 8,000 ÷ 1,000 samples | {s['memory']['ratio']:.3f} | ≤ 1.2 | "
-                f"{s['memory']['peak_rss_mb_8000']:.0f} MB vs {s['memory']['peak_rss_mb_1000']:.0f} MB |", ""]
+                f"{s['memory']['peak_rss_mb_8000']:.0f} MB vs {s['memory']['peak_rss_mb_1000']:.0f} MB; "
+                f"the attack's own growth over the loaded libraries {s['memory']['growth_mb_8000']:.0f} vs "
+                f"{s['memory']['growth_mb_1000']:.0f} MB |", "",
+                "Command: `make bench` (synthetic 16x16 images, `ddpm_small`, NA at its defaults over 512 samples; "
+                "training 60 steps of batch 64, the first 10 not timed; best of 2 interleaved repeats).", ""]
     text = "\n".join(out) + "\n" + MARKER + (notes or "\n")
     existing.write_text(text)
     shutil.rmtree(REPO / "docs" / "__pycache__", ignore_errors=True)
