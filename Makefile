@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: install ## train a small target on digits and attack it with NA (about 5 minutes on 2 CPU cores)
+demo: install ## train a small target on digits and attack it with NA (about 3 minutes on 2 CPU cores)
 	$(BIN)/mia-train experiment=demo
 	$(BIN)/mia-attack target.path=runs/demo/target attack=na hydra.run.dir=runs/demo/attack_na
 

@@ -151,3 +151,18 @@ def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
     unfinished.write(0, ones[:2], total_rows=4)
     unfinished.finish(queries=4)  # stopped early: nothing is published
     assert not PredictionCache(tmp_path, {"k": 2}).complete
+
+
+def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    import mia.cli as cli
+
+    def wandb_init(*overrides: str) -> dict:
+        cfg = compose_config("attack", ["target.path=x", "logger=wandb", *overrides], tmp_path)
+        return next(lg for lg in cli.build_loggers(cfg.logger) if isinstance(lg, WandbLogger))._wandb_init
+
+    assert wandb_init().get("group") is None  # a single run stands alone
+    monkeypatch.setattr(cli, "sweep_name", lambda: "2026-11-29_12-00-00")
+    assert wandb_init()["group"] == "2026-11-29_12-00-00"  # every job of a multirun: the sweep's name
+    assert wandb_init("logger.wandb.group=mine")["group"] == "mine"  # unless the user names one
