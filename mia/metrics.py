@@ -8,6 +8,7 @@ inputs outside [0, 1], which would squash large scores into ties.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,20 +92,27 @@ def _stratified_halves(labels: np.ndarray, rng: np.random.Generator) -> tuple[np
     return np.concatenate(first), np.concatenate(second)
 
 
-def calibrated_asr(scores, labels, seed: int = 0) -> float:
-    """Threshold-transfer ASR: pick the threshold on one stratified half, measure on the other.
+def _held_out(scores, labels, seed: int, measure: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]):
+    """``measure(calibration scores, labels, held-out scores, labels)`` on stratified halves, both ways, averaged.
 
-    Both directions are measured and averaged; each accuracy is on samples its threshold never saw.
+    Whatever ``measure`` chooses on the calibration half is judged only on samples it never saw.
     """
     scores, labels = _as_arrays(scores, labels)
     if min(labels.sum(), len(labels) - labels.sum()) < 2:
         return math.nan
     half_a, half_b = _stratified_halves(labels, np.random.default_rng(seed))
-    results = []
-    for calib, held_out in ((half_a, half_b), (half_b, half_a)):
-        _, threshold = best_accuracy(roc_curve(scores[calib], labels[calib]))
-        results.append(balanced_accuracy(scores[held_out], labels[held_out], threshold))
+    results = [measure(scores[c], labels[c], scores[h], labels[h]) for c, h in ((half_a, half_b), (half_b, half_a))]
     return float(np.mean(results))
+
+
+def calibrated_asr(scores, labels, seed: int = 0) -> float:
+    """Threshold-transfer ASR: the threshold is picked on one stratified half, the accuracy measured on the other."""
+
+    def transfer(calib_scores, calib_labels, test_scores, test_labels) -> float:
+        _, threshold = best_accuracy(roc_curve(calib_scores, calib_labels))
+        return balanced_accuracy(test_scores, test_labels, threshold)
+
+    return _held_out(scores, labels, seed, transfer)
 
 
 def auc_with_calibrated_orientation(scores, labels, seed: int = 0) -> float:
@@ -113,15 +121,12 @@ def auc_with_calibrated_orientation(scores, labels, seed: int = 0) -> float:
 
     For attacks that come out inverted on a target; the plain ``auc`` never flips.
     """
-    scores, labels = _as_arrays(scores, labels)
-    if min(labels.sum(), len(labels) - labels.sum()) < 2:
-        return math.nan
-    half_a, half_b = _stratified_halves(labels, np.random.default_rng(seed))
-    results = []
-    for calib, held_out in ((half_a, half_b), (half_b, half_a)):
-        sign = 1.0 if auc(roc_curve(scores[calib], labels[calib])) >= 0.5 else -1.0
-        results.append(auc(roc_curve(sign * scores[held_out], labels[held_out])))
-    return float(np.mean(results))
+
+    def oriented(calib_scores, calib_labels, test_scores, test_labels) -> float:
+        sign = 1.0 if auc(roc_curve(calib_scores, calib_labels)) >= 0.5 else -1.0
+        return auc(roc_curve(sign * test_scores, test_labels))
+
+    return _held_out(scores, labels, seed, oriented)
 
 
 def bootstrap_intervals(
