@@ -23,7 +23,7 @@ def status_mb(field: str) -> float:
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from mia.cli import CONFIG_DIR
+    from mia.config import CONFIG_DIR
     from mia.run_attack import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

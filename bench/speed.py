@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from mia.cli import CONFIG_DIR
+from mia.config import CONFIG_DIR
 
 log = logging.getLogger("bench.speed")
 IMAGE_SIZE = 16

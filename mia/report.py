@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,6 @@ from PIL import Image
 from mia.metrics import ROC
 from mia.plots import plot_roc, plot_score_histogram
 from mia.result import AttackResult
-
-log = logging.getLogger(__name__)
 
 SCALARS = (
     "auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "queries_per_sample",

@@ -22,10 +22,10 @@ from mia import __version__
 from mia.attacks import NoiseAggregation
 from mia.attacks.base import Attack
 from mia.cache import PredictionCache
-from mia.cli import CONFIG_DIR, build, build_loggers, run_or_exit
+from mia.config import CONFIG_DIR, build, build_loggers
 from mia.data.evaluation import EvaluationSet, from_folders, from_split
 from mia.data.images import to_model_range
-from mia.errors import MiaError
+from mia.errors import MiaError, run_or_exit
 from mia.memorizer import memorizing_target
 from mia.metrics import evaluate, roc_curve
 from mia.module import AttackModule

@@ -8,7 +8,6 @@ denoiser itself, so an attack cannot under-report them.
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from torch import nn
 from mia.cache import file_digest
 from mia.data.split import Split
 from mia.errors import MiaError
-
-log = logging.getLogger(__name__)
 
 
 class DiffusionTarget(nn.Module):

@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from mia.cli import CONFIG_DIR  # noqa: E402
+from mia.config import CONFIG_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [

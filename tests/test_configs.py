@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
-from mia.cli import CONFIG_DIR
+from mia.config import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 

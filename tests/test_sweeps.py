@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mia.cache import PredictionCache
-from mia.cli import CONFIG_DIR
+from mia.config import CONFIG_DIR
 from mia.run_attack import run
 from mia.sweep import write_summary
 
@@ -156,7 +156,7 @@ def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from lightning.pytorch.loggers import WandbLogger
 
-    import mia.cli as cli
+    import mia.config as cli
 
     def wandb_init(*overrides: str) -> dict:
         cfg = compose_config("attack", ["target.path=x", "logger=wandb", *overrides], tmp_path)

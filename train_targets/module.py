@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,6 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torchvision.utils import make_grid, save_image
 
 from mia.data.images import to_model_range
-
-log = logging.getLogger(__name__)
 
 
 class DDPMTarget(L.LightningModule):

@@ -12,9 +12,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia.cli import CONFIG_DIR, absolute_root, build, build_loggers, instantiate_group, run_or_exit
+from mia.config import CONFIG_DIR, absolute_root, build, build_loggers, instantiate_group
 from mia.data.datamodule import MemberDataModule
-from mia.errors import MiaError
+from mia.errors import MiaError, run_or_exit
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget
 

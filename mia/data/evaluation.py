@@ -7,19 +7,16 @@ image folders for targets trained elsewhere.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from mia.cli import build
+from mia.config import build
 from mia.data.images import load_images
 from mia.data.pools import FolderPool
 from mia.data.split import Split, fingerprint
 from mia.errors import MiaError
-
-log = logging.getLogger(__name__)
 
 
 def sample_key(sample_id: str) -> int:

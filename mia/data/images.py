@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -11,8 +10,6 @@ from PIL import UnidentifiedImageError
 from mia.data.pools import ImagePool
 from mia.data.split import fingerprint
 from mia.errors import MiaError
-
-log = logging.getLogger(__name__)
 
 
 def load_images(pool: ImagePool, indices: Sequence[int]) -> tuple[torch.Tensor, list[bytes]]:

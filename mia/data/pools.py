@@ -8,7 +8,6 @@ both the dataset fingerprint and the image. ``transform`` turns a decoded image 
 from __future__ import annotations
 
 import io
-import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,8 +18,6 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from mia.errors import MiaError
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 

@@ -1,12 +1,9 @@
-"""What both entry points share: config resolvers, building loggers and callbacks, and the bad-input exit."""
+"""Hydra and OmegaConf helpers both entry points share: the config folder, resolvers, building objects."""
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -16,9 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mia.errors import MiaError
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Absolute, so the configs are found however the package was imported (console script, -m, tests).
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -33,16 +27,6 @@ def _auto_precision() -> str:
 
 if not OmegaConf.has_resolver("auto_precision"):
     OmegaConf.register_new_resolver("auto_precision", _auto_precision)
-
-
-def run_or_exit(program: str, task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run ``task``; bad input (MiaError) becomes one line on stderr and exit status 2."""
-    try:
-        return task(cfg)
-    except MiaError as err:
-        log.debug("bad input", exc_info=True)
-        print(f"{program}: error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def build(node: Any, **kwargs: Any) -> Any:
