@@ -90,6 +90,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
+        return info
     export_target(model.unet, model.noise_scheduler, split, export_dir, info, overwrite=cfg.overwrite)
     log.info(
         "trained %d steps (%.0f epochs over %d members, %.2f M parameters) in %.0f s; target: %s",
