@@ -143,7 +143,8 @@ def test_cli_unknown_option_or_value_fails(tmp_path: Path):
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path):
     run = tmp_path / "run"
     args = [*[a for a in TINY_TRAIN if not a.startswith("trainer.max_steps")], "logger=csv",
-            "trainer.log_every_n_steps=1", "trainer.max_steps=100000", "callbacks.model_checkpoint.every_n_train_steps=5",
+            "trainer.log_every_n_steps=1", "trainer.max_steps=100000",
+            "callbacks.model_checkpoint.every_n_train_steps=5",
             f"hydra.run.dir={run}"]
     process = _cli(*args, cwd=REPO)
     checkpoint = run / "checkpoints" / "last.ckpt"
