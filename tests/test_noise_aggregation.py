@@ -22,9 +22,9 @@ def test_na_separates_members_on_the_memorizer(digits_memorizer):
     target, evalset = digits_memorizer
     attack = NoiseAggregation()  # the paper's defaults: t = 80, k = 5, m = 10
     value = auc(roc_curve(score_all(attack, target, evalset), evalset.labels.numpy()))
-    # Measured 0.83 here (2026-11-29). Below 1.0 because the deterministic DDIM path is self-consistent for
-    # whichever training image it snaps to, so close non-members can aggregate tightly too (METHOD.md §6).
-    assert value >= 0.75
+    # The issue asks for at least 0.75 (another check measured about 0.82); this memoriser gives 1.000 at
+    # 8x8, 16x16 and 32x32, noise scale 1 and 0.1 (measured 2026-11-29), so the bound sits just below that.
+    assert value >= 0.95
 
 
 def test_path_and_queries(digits_memorizer):
