@@ -82,14 +82,19 @@ def from_split(
             f"{data.get('root', data.get('name'))}; pass data.root=<the dataset the target was trained on>"
         )
     all_ids = split.members + split.nonmembers
-    digest = fingerprint(all_ids, [pool.read(position[i]) for i in all_ids])
+    try:
+        raw = {i: pool.read(position[i]) for i in all_ids}  # read once: for the fingerprint and the images
+    except OSError as err:
+        raise MiaError(f"cannot read the dataset at {data.get('root')}: {err}") from err
+    digest = fingerprint(all_ids, [raw[i] for i in all_ids])
     if split.dataset.get("fingerprint") and digest != split.dataset["fingerprint"]:
         raise MiaError(
             f"the images at {data.get('root', data.get('name'))} differ from those the target was trained on "
             "(fingerprint mismatch); membership labels would be wrong. Pass data.root=<the original dataset>"
         )
     members, nonmembers = _first(split.members, max_members), _first(split.nonmembers, max_nonmembers)
-    images, _ = load_images(pool, [position[i] for i in members + nonmembers])
+    chosen = members + nonmembers
+    images, _ = load_images(pool, [position[i] for i in chosen], [raw[i] for i in chosen])
     labels = torch.cat([torch.ones(len(members)), torch.zeros(len(nonmembers))])
     return EvaluationSet(images, labels, members + nonmembers)
 

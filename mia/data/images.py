@@ -12,18 +12,20 @@ from mia.data.split import fingerprint
 from mia.errors import MiaError
 
 
-def load_images(pool: ImagePool, indices: Sequence[int]) -> tuple[torch.Tensor, list[bytes]]:
+def load_images(
+    pool: ImagePool, indices: Sequence[int], raws: Sequence[bytes] | None = None
+) -> tuple[torch.Tensor, list[bytes]]:
     """Read and transform pool samples into uint8 [N, C, H, W]; also return their raw bytes.
 
-    Every sample is decoded here, before any training or attack starts, so a bad file stops the run
-    at once with its name instead of hours later.
+    ``raws`` are the samples' bytes when the caller has read them already. Every sample is decoded here,
+    before any training or attack starts, so a bad file stops the run at once with its name.
     """
     images = torch.empty(len(indices), pool.channels, pool.image_size, pool.image_size, dtype=torch.uint8)
     contents: list[bytes] = []
     for row, index in enumerate(indices):
         index = int(index)
         try:
-            raw = pool.read(index)
+            raw = pool.read(index) if raws is None else raws[row]
             image = pool.decode(raw)
             images[row] = pool.transform(image)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
