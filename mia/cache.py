@@ -59,8 +59,9 @@ class PredictionCache:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a complete cache."""
-        meta = json.loads(self._meta.read_text())
-        shape = tuple(meta["shape"])
+        if self._shape is None:
+            self._shape = tuple(json.loads(self._meta.read_text())["shape"])
+        shape = self._shape
         row = int(np.prod(shape))
         array = np.fromfile(self._data, dtype=np.float32, count=(stop - start) * row, offset=start * row * 4)
         return torch.from_numpy(array.reshape(stop - start, *shape))
