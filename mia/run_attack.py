@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -101,8 +100,7 @@ def score(cfg: DictConfig, attack: Attack, target: DiffusionTarget, evalset: Eva
             "attack": attack.name,
             **attack.prediction_settings(),
             "target": target.identity,
-            "samples": hashlib.sha256("\n".join(evalset.ids).encode()).hexdigest(),
-            "images": hashlib.sha256(evalset.images.numpy().tobytes()).hexdigest(),
+            "samples": evalset.digest,
             "device": trainer.strategy.root_device.type,
             "precision": str(trainer.precision),
         }
@@ -133,9 +131,8 @@ def timestep_profile(cfg: DictConfig, attack: Attack, target: DiffusionTarget, e
     scores_by_t, queries = {}, 0
     for t in cfg.report.profile_timesteps:
         at_t = dataclasses.replace(attack, t=int(t))
-        path = at_t.timesteps()
-        if min(path) < 0 or max(path) >= target.num_timesteps:
-            log.warning("timestep profile: skipping t=%s, whose path %s leaves the schedule", t, path)
+        if not at_t.fits(target):
+            log.warning("timestep profile: skipping t=%s, whose path %s leaves the schedule", t, at_t.timesteps())
             continue
         scores_by_t[int(t)], counted, _, _ = score(cfg, at_t, target, subset)
         queries += counted["queries"]

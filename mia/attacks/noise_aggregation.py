@@ -46,11 +46,15 @@ class NoiseAggregation(Attack):
         step = -self.m if self.direction == "down" else self.m
         return [self.t + i * step for i in range(self.k)]
 
-    def check(self, target: DiffusionTarget) -> None:
+    def fits(self, target: DiffusionTarget) -> bool:
+        """Whether the whole path lies inside the target's schedule."""
         path = self.timesteps()
+        return min(path) >= 0 and max(path) < target.num_timesteps
+
+    def check(self, target: DiffusionTarget) -> None:
         require(
-            min(path) >= 0 and max(path) < target.num_timesteps,
-            f"NA's path {path} leaves the target's timesteps 0..{target.num_timesteps - 1}; "
+            self.fits(target),
+            f"NA's path {self.timesteps()} leaves the target's timesteps 0..{target.num_timesteps - 1}; "
             "change attack.t, attack.k, attack.m or attack.direction",
         )
 

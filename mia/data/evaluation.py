@@ -6,6 +6,7 @@ image folders for targets trained elsewhere.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -34,6 +35,13 @@ class EvaluationSet(Dataset):
         self.labels = labels.long()
         self.ids = ids
         self.keys = torch.tensor([sample_key(i) for i in ids], dtype=torch.int64)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 over the ids and the image bytes: which samples, and exactly what they look like."""
+        digest = hashlib.sha256("\n".join(self.ids).encode())
+        digest.update(self.images.numpy().tobytes())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.ids)
