@@ -23,10 +23,10 @@ def status_mb(field: str) -> float:
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from mia.config import CONFIG_DIR
-    from mia.run_attack import run
+    from mia.cli.attack import run
+    from mia.cli.config import config_dir
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", overrides=sys.argv[1:])
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size (Linux)
     before = status_mb("VmRSS")

@@ -13,9 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mia.metrics import roc_curve
-from mia.plots import plot_roc, plot_sweep_lines
-from mia.result import AttackResult
+from mia.evaluation.metrics import roc_curve
+from mia.evaluation.result import AttackResult
+from mia.reporting.figures import plot_roc, plot_sweep_lines
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs" / "bench"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from mia.config import CONFIG_DIR
+from mia.cli.config import config_dir
 
 log = logging.getLogger("bench.speed")
 IMAGE_SIZE = 16
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def config(name: str, overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(name), version_base="1.3"):
         return compose(name, overrides=[*overrides, f"paths.output_dir={out}", f"paths.log_dir={out}/runs"])
 
 
@@ -82,10 +82,11 @@ def plain_training(cfg, steps: int, skip: int) -> float:
     """Steps/s of a minimal loop: the same members, UNet, optimizer and noise process; no Lightning."""
     from hydra.utils import instantiate
 
-    from mia.data.datamodule import MemberDataModule
     from mia.data.images import to_model_range
+    from mia.data.registry import build_pool
+    from train_targets.data import MemberDataModule
 
-    pool = instantiate(cfg.data, _convert_="all")
+    pool = build_pool(cfg.data)
     data = MemberDataModule(pool, {}, cfg.split.members, cfg.split.nonmembers, seed=0, batch_size=cfg.batch_size)
     data.prepare()
     torch.manual_seed(cfg.seed)
@@ -127,15 +128,18 @@ def training_ratio(data_root: Path, work: Path, steps: int, skip: int, repeats: 
 def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> dict:
     """NA through mia (Lightning predict loop, per-sample noise, DDIM moves, statistic) over k plain passes."""
     from mia.attacks import NoiseAggregation
+    from mia.cli.attack import scoring_settings
+    from mia.data.evaluation_set import evaluation_set_for
     from mia.data.images import to_model_range
-    from mia.run_attack import build_evaluation_set, build_target, score
+    from mia.scoring.engine import score
+    from mia.targets.loading import load_target
 
     cfg = config("attack", [f"target.path={target_dir}", f"data.max_members={samples // 2}",
                             f"data.max_nonmembers={samples // 2}", "cache.enabled=false", "logger=none",
                             "trainer.enable_progress_bar=false"], work / "overhead")
     attack = NoiseAggregation()
-    target, split = build_target(cfg)
-    evalset = build_evaluation_set(cfg, target, split)
+    target, split = load_target(cfg.target, cfg.data)
+    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
     batch = cfg.data.batch_size
     batches = [to_model_range(evalset.images[i : i + batch]) for i in range(0, len(evalset), batch)]
 
@@ -150,7 +154,7 @@ def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> 
     na_times, plain_times = [], []
     for _ in range(repeats):  # interleaved, so drifts in machine load hit both
         plain_times.append(plain())
-        na_times.append(score(cfg, attack, target, evalset)[2])
+        na_times.append(score(attack, target, evalset, scoring_settings(cfg)).seconds)
     ratio = min(na_times) / min(plain_times)
     return {"na_seconds": min(na_times), "plain_seconds_k_passes": min(plain_times), "k": attack.k,
             "samples": len(evalset), "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}

@@ -1,3 +1,3 @@
-from mia.run_attack import main
+from mia.cli.attack import main
 
 main()

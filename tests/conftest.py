@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from mia.config import CONFIG_DIR  # noqa: E402
+from mia.cli.config import config_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -41,7 +41,7 @@ TINY_TRAIN = [
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """A root config as the entry point would see it, writing into ``output_dir``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(name), version_base="1.3"):
         paths = [f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}/runs"]
         return compose(name, overrides=[*overrides, *paths])
 
@@ -84,11 +84,11 @@ def digits_memorizer():
     """A memoriser of 200 digits at 16x16, and an evaluation set of those 200 and 200 others."""
     from diffusers import DDPMScheduler
 
-    from mia.data.evaluation import EvaluationSet
+    from mia.data.evaluation_set import EvaluationSet
     from mia.data.images import load_images, to_model_range
     from mia.data.pools import DigitsPool
     from mia.data.split import make_split
-    from mia.memorizer import memorizing_target
+    from mia.targets.memorizer import memorizing_target
 
     alphas = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod
     pool = DigitsPool(image_size=16)

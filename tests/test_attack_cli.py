@@ -17,8 +17,8 @@ from conftest import compose_config, write_images
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from mia.cli.attack import run
 from mia.errors import MiaError
-from mia.run_attack import run
 
 QUICK = ["logger=none", "metrics.bootstrap=50", "trainer.enable_progress_bar=false"]
 
@@ -214,3 +214,16 @@ def test_a_training_checkpoint_can_be_attacked(tiny_target: Path, tmp_path: Path
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(MiaError, match="is not a mia-train checkpoint"):
         attack(tiny_target, tmp_path / "bad", "attack=sima", f"target.checkpoint={tmp_path}/bad.ckpt")
+
+
+def test_split_records_of_mia_0_1_still_load_and_foreign_code_is_refused(tiny_target: Path, tmp_path: Path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_target, old)
+    record = json.loads((old / "split.json").read_text())
+    record["dataset"] = {"_target_": "mia.data.pools.DigitsPool", **record["dataset"]}  # as mia 0.1 wrote it
+    (old / "split.json").write_text(json.dumps(record))
+    assert attack(old, tmp_path / "run", "attack=sima")["n_members"] == 24
+    record["dataset"]["_target_"] = "os.system"  # a downloaded folder naming code to run
+    (old / "split.json").write_text(json.dumps(record))
+    with pytest.raises(MiaError, match="named by code"):
+        attack(old, tmp_path / "refused", "attack=sima")

@@ -11,10 +11,10 @@ from conftest import score_all
 from diffusers import DDPMScheduler, UNet2DModel
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SampleNoise, SecMI, SimA
-from mia.data.evaluation import sample_key
+from mia.data.evaluation_set import sample_key
 from mia.errors import MiaError
-from mia.metrics import auc, roc_curve
-from mia.targets import DiffusionTarget
+from mia.evaluation.metrics import auc, roc_curve
+from mia.targets.base import DiffusionTarget
 
 ALL_DEFAULTS = [NoiseAggregation(), LossAttack(), PIA(), PIAN(), SecMI(), SimA()]
 
@@ -27,7 +27,7 @@ def tiny():
                        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
     alphas = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod
-    target = DiffusionTarget(unet, alphas)
+    target = DiffusionTarget(unet, alphas, (3, 8, 8))
     x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     keys = torch.tensor([sample_key(str(i)) for i in range(4)])
     return target, unet, alphas.double(), x0, keys
@@ -74,18 +74,25 @@ def test_sima_by_hand(tiny):
     torch.testing.assert_close(SimA().score(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_secmi_by_hand(tiny):
-    target, unet, a, x0, keys = tiny
+def test_secmi_against_diffusers_ddim_schedulers(tiny):
+    # Inversion and the step up by DDIMInverseScheduler, the step back down by DDIMScheduler (η = 0).
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-    def move(x, t, s):  # deterministic DDIM from t to s with ε̂ = ε_θ(x, t); the model sees float32
-        e = eps_of(unet, x.float(), t).double()
-        x0_hat = (x - (1 - a[t]).sqrt() * e) / a[t].sqrt()
-        return a[s].sqrt() * x0_hat + (1 - a[s]).sqrt() * e
+    target, unet, _, x0, keys = tiny
+    schedule = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "clip_sample": False}
+    up, down = DDIMInverseScheduler(**schedule), DDIMScheduler(**schedule)
+    for scheduler in (up, down):
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()  # the same ᾱ, stepped in float64 like mia
+        scheduler.set_timesteps(100)  # steps of 10
+
+    def eps(x, t):  # the model sees float32
+        return eps_of(unet, x.float(), t).double()
 
     x = x0.double()
     for t in range(0, 100, 10):  # inversion 0 → 10 → … → 100: 10 queries
-        x = move(x, t, t + 10)
-    x_back = move(move(x, 100, 110), 110, 100)  # one step up, one step down: 2 queries
+        x = up.step(eps(x, t), t + 10, x).prev_sample
+    x_up = up.step(eps(x, 100), 110, x).prev_sample  # one step up: t_sec → t_sec + interval
+    x_back = down.step(eps(x_up, 110), 110, x_up, eta=0.0).prev_sample  # and back down
     expected = -(x_back - x).pow(2).flatten(1).sum(1)
     torch.testing.assert_close(SecMI().score(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-6, atol=1e-9)
 

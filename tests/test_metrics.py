@@ -7,7 +7,15 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from mia.metrics import auc, best_accuracy, bootstrap_intervals, calibrated_asr, evaluate, roc_curve, tpr_at_fpr
+from mia.evaluation.metrics import (
+    auc,
+    best_accuracy,
+    bootstrap_intervals,
+    calibrated_asr,
+    evaluate,
+    roc_curve,
+    tpr_at_fpr,
+)
 
 
 def _sk_tpr_at(labels, scores, target):

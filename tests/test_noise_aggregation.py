@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 
 from mia.attacks import NoiseAggregation, SampleNoise
 from mia.attacks.aggregation import aggregation_score
-from mia.data.evaluation import EvaluationSet, sample_key
+from mia.data.evaluation_set import EvaluationSet, sample_key
 from mia.data.images import to_model_range
 from mia.errors import MiaError
-from mia.metrics import auc, roc_curve
-from mia.module import AttackModule
+from mia.evaluation.metrics import auc, roc_curve
+from mia.scoring.module import AttackModule
 
 
 def test_na_separates_members_on_the_memorizer(digits_memorizer):
@@ -39,21 +39,25 @@ def test_path_and_queries(digits_memorizer):
         assert target.queries == 7 * k
 
 
-def test_collect_follows_the_ddim_path_by_hand(digits_memorizer):
+def test_collect_follows_the_ddim_path_of_diffusers_schedulers(digits_memorizer):
+    # The oracle is diffusers: add_noise for the injection, DDIMScheduler.step(eta=0) for each move.
+    from diffusers import DDIMScheduler, DDPMScheduler
+
     target, evalset = digits_memorizer
-    x0 = to_model_range(evalset.images[:3])
+    x0 = to_model_range(evalset.images[:3]).double()
     noise = SampleNoise(evalset.keys[:3], seed=4)
     attack = NoiseAggregation(t=30, k=3, m=10, noise_scale=0.5, seed=4)
-    a = target.alphas_cumprod.float()
-    eps = noise.randn(x0.shape[1:])
-    x = a[30].sqrt() * x0 + 0.5 * (1 - a[30]).sqrt() * eps
+    schedule = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    eps = noise.randn(x0.shape[1:]).double()
+    x = DDPMScheduler(**schedule).add_noise(x0, 0.5 * eps, torch.full((3,), 30))
+    sampler = DDIMScheduler(**schedule, clip_sample=False)
+    sampler.alphas_cumprod = sampler.alphas_cumprod.double()  # the same ᾱ, stepped in float64 like mia
+    sampler.set_timesteps(100)  # steps of 10
     expected = []
-    for t, s in ((30, 20), (20, 10), (10, None)):
+    for t in (30, 20, 10):
         e = target.predict_noise(x, t)
         expected.append(e.flatten(1))
-        if s is not None:
-            x0_hat = (x - (1 - a[t]).sqrt() * e) / a[t].sqrt()
-            x = a[s].sqrt() * x0_hat + (1 - a[s]).sqrt() * e
+        x = sampler.step(e.double(), t, x, eta=0.0).prev_sample
     got = attack.collect(target, x0, noise)
     torch.testing.assert_close(got, torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(attack.score(target, x0, noise), aggregation_score(got, "pairwise_l2"))

@@ -15,10 +15,10 @@ from conftest import compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mia.cache import PredictionCache
-from mia.config import CONFIG_DIR
-from mia.run_attack import run
-from mia.sweep import write_summary
+from mia.cli.attack import run
+from mia.cli.config import config_dir
+from mia.reporting.sweep import write_summary
+from mia.scoring.cache import PredictionCache
 
 QUICK = ["logger=none", "metrics.bootstrap=20", "trainer.enable_progress_bar=false"]
 
@@ -120,14 +120,14 @@ def test_timestep_profile_is_drawn_and_logged(tiny_target: Path, tmp_path: Path)
     ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
 ])
 def test_launcher_configs_compose(launcher: str, target: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", overrides=["target.path=x", f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_ == target
 
 
 @pytest.mark.parametrize("preset", ["sweep_na_t_noise", "sweep_na_k_m", "sweep_na_statistic", "compare_attacks"])
 def test_sweep_presets_compose(preset: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", overrides=["target.path=x", f"experiment={preset}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
 
@@ -156,7 +156,7 @@ def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from lightning.pytorch.loggers import WandbLogger
 
-    import mia.config as cli
+    import mia.cli.config as cli
 
     def wandb_init(*overrides: str) -> dict:
         cfg = compose_config("attack", ["target.path=x", "logger=wandb", *overrides], tmp_path)

@@ -1,4 +1,4 @@
-"""Export a trained target: a diffusers pipeline folder plus ``split.json`` (ARCHITECTURE.md's contract)."""
+"""Export a trained target: a diffusers pipeline folder plus ``split.json`` (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DiffusionPipeline
 
 from mia.data.split import Split
 from mia.errors import MiaError
@@ -26,8 +26,7 @@ def check_export_dir(path: str | Path, overwrite: bool) -> Path:
 
 
 def export_target(
-    unet: UNet2DModel,
-    scheduler: DDPMScheduler,
+    pipeline: DiffusionPipeline,
     split: Split,
     path: str | Path,
     info: dict[str, Any],
@@ -41,7 +40,7 @@ def export_target(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging)
+        pipeline.save_pretrained(staging)
         split.save(staging / "split.json")
         (staging / "training.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
         if path.exists():

@@ -8,10 +8,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from torchvision.utils import make_grid, save_image
 
 from mia.data.images import to_model_range
+from mia.errors import MiaError
 
 
 class DDPMTarget(L.LightningModule):
@@ -34,6 +35,24 @@ class DDPMTarget(L.LightningModule):
         self.save_hyperparameters()
         self.unet = UNet2DModel(**unet)
         self.noise_scheduler = DDPMScheduler(**scheduler)
+
+    @property
+    def denoiser(self) -> UNet2DModel:
+        """The network an attack will query (what the parameter count counts)."""
+        return self.unet
+
+    def check_fits(self, channels: int, image_size: int) -> None:
+        """Refuse data the UNet cannot take, before training starts."""
+        unet = self.unet.config
+        if unet.in_channels != channels or unet.out_channels != channels or unet.sample_size != image_size:
+            raise MiaError(
+                f"the model takes {unet.in_channels}x{unet.sample_size}x{unet.sample_size} images but the data are "
+                f"{channels}x{image_size}x{image_size}; set target.unet.* to match data.channels and data.image_size"
+            )
+
+    def pipeline(self) -> DDPMPipeline:
+        """The diffusers pipeline that gets exported (the EMA weights, once training has ended with EMA on)."""
+        return DDPMPipeline(unet=self.unet, scheduler=self.noise_scheduler)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x_t, t).sample

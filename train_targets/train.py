@@ -12,9 +12,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia.config import CONFIG_DIR, absolute_root, build, build_loggers, instantiate_group
-from mia.data.datamodule import MemberDataModule
+from mia.cli.config import TRAIN_CONFIG_DIR, build_loggers, instantiate_group
+from mia.cli.console import quiet_libraries
+from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError, run_or_exit
+from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget
 
@@ -30,15 +32,6 @@ def resume_path(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
-def check_model_fits_data(model: DDPMTarget, channels: int, image_size: int) -> None:
-    unet = model.unet.config
-    if unet.in_channels != channels or unet.out_channels != channels or unet.sample_size != image_size:
-        raise MiaError(
-            f"the model takes {unet.in_channels}x{unet.sample_size}x{unet.sample_size} images but the data are "
-            f"{channels}x{image_size}x{image_size}; set target.unet.* to match data.channels and data.image_size"
-        )
-
-
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Build data, model and trainer from the config, fit, export; returns the training summary."""
     started = time.time()
@@ -46,8 +39,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     export_dir = check_export_dir(cfg.export_dir, cfg.overwrite)
     ckpt_path = resume_path(cfg.ckpt_path)
 
-    pool = build(cfg.data, _convert_="all")
-    data_config = absolute_root(OmegaConf.to_container(cfg.data, resolve=True))
+    data_config = with_absolute_root(OmegaConf.to_container(cfg.data, resolve=True))
+    pool = build_pool(data_config)
     datamodule = MemberDataModule(
         pool,
         data_config,
@@ -61,7 +54,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 
     model: DDPMTarget = instantiate(cfg.target, _convert_="all")
-    check_model_fits_data(model, pool.channels, pool.image_size)
+    model.check_fits(pool.channels, pool.image_size)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
@@ -69,6 +62,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    n_params = sum(p.numel() for p in model.denoiser.parameters())
+    log.info("training %s (%.2f M parameters) on %d members for %d steps", type(model.denoiser).__name__,
+             n_params / 1e6, len(split.members), cfg.trainer.max_steps)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise MiaError(
@@ -76,7 +72,6 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
             f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"
         )
 
-    n_params = sum(p.numel() for p in model.unet.parameters())
     steps = trainer.global_step
     info = {
         "steps": steps,
@@ -92,7 +87,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     }
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info
-    export_target(model.unet, model.noise_scheduler, split, export_dir, info, overwrite=cfg.overwrite)
+    export_target(model.pipeline(), split, export_dir, info, overwrite=cfg.overwrite)
     log.info(
         "trained %d steps (%.0f epochs over %d members, %.2f M parameters) in %.0f s; target: %s",
         steps, info["epochs"], len(split.members), n_params / 1e6, info["seconds"], export_dir,
@@ -100,8 +95,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     return info
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=TRAIN_CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_libraries()
     info = run_or_exit("mia-train", train, cfg)
     return info["metrics"].get("val/loss_gap")
 

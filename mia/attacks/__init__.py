@@ -1,9 +1,14 @@
-"""Membership-inference attacks: each maps a batch of clean x0 to one score per sample, higher = member."""
+"""Membership-inference attacks: each maps a batch of clean x0 to one score per sample, higher = member.
 
-from mia.attacks.base import Attack, SampleNoise
+One module per attack; ``base`` is the interface, ``moves`` the closed-form DDPM/DDIM moves they share,
+``sample_noise`` the per-sample seeded noise, ``aggregation`` NA's statistics.
+"""
+
+from mia.attacks.base import Attack
 from mia.attacks.loss import LossAttack
 from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.pia import PIA, PIAN
+from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
 from mia.attacks.sima import SimA
 

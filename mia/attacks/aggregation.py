@@ -1,4 +1,4 @@
-"""NA's aggregation statistics over k noise predictions E = {ε̂_1..ε̂_k} (METHOD.md §1, step 3).
+"""NA's aggregation statistics over k noise predictions E = {ε̂_1..ε̂_k} (docs/method.md, "noise aggregation", step 3).
 
 Each function takes E as [B, k, D] and returns [B]. Distances are exact differences in float64
 (``torch.cdist`` without its matrix-product shortcut, which cancels badly for tight clusters).

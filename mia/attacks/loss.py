@@ -6,11 +6,14 @@ Score ``−‖ε_θ(x_t, t) − ε‖²`` with x_t noised by fresh, seeded ε, a
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, SampleNoise, forward_noise, require
-from mia.targets import DiffusionTarget
+from mia.attacks.base import Attack, require
+from mia.attacks.moves import forward_noise
+from mia.attacks.sample_noise import SampleNoise
+from mia.targets.base import DiffusionTarget
 
 
 @dataclasses.dataclass
@@ -26,10 +29,10 @@ class LossAttack(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
         for draw in range(self.draws):
             eps = noise.randn(x0.shape[1:], stream=draw, device=x0.device)
-            error = target.predict_noise(forward_noise(target, x0, eps, self.t), self.t) - eps
+            error = target.predict_noise(forward_noise(target, x0, eps, self.t), self.t, cond) - eps
             total += error.flatten(1).to(torch.float64).pow(2).sum(1)
         return -total / self.draws

@@ -1,5 +1,5 @@
 """Noise aggregation (NA): Li et al., "Noise Aggregation Analysis Driven by Small-Noise Injection",
-arXiv 2510.21783 (METHOD.md §1).
+arXiv 2510.21783 (docs/method.md, "noise aggregation").
 
 Inject slight noise at timestep t, follow a deterministic DDIM path of k timesteps spaced m apart,
 collect the model's k noise predictions, and score by how tightly they aggregate: members' predictions
@@ -9,12 +9,15 @@ cluster, non-members' scatter.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
 from mia.attacks.aggregation import STATISTICS, aggregation_score
-from mia.attacks.base import Attack, SampleNoise, coefficients, ddim_move, require
-from mia.targets import DiffusionTarget
+from mia.attacks.base import Attack, require
+from mia.attacks.moves import coefficients, ddim_move
+from mia.attacks.sample_noise import SampleNoise
+from mia.targets.base import DiffusionTarget
 
 
 @dataclasses.dataclass
@@ -58,7 +61,7 @@ class NoiseAggregation(Attack):
             "change attack.t, attack.k, attack.m or attack.direction",
         )
 
-    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         """The k noise predictions along the path, [B, k, D] (k queries per sample)."""
         path = self.timesteps()
         signal, sigma = coefficients(target, path[0])
@@ -66,7 +69,7 @@ class NoiseAggregation(Attack):
         x = signal * x0.double() + self.noise_scale * sigma * eps
         predictions = []
         for i, t in enumerate(path):
-            eps = target.predict_noise(x, t)
+            eps = target.predict_noise(x, t, cond)
             predictions.append(eps.flatten(1))
             if i + 1 < len(path):
                 x = ddim_move(target, x, eps, t, path[i + 1])
@@ -79,5 +82,5 @@ class NoiseAggregation(Attack):
     def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
         return aggregation_score(predictions, self.statistic, self.delta)
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
-        return self.aggregate(self.collect(target, x0, noise))
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        return self.aggregate(self.collect(target, x0, noise, cond))

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, SampleNoise, forward_noise, require
-from mia.targets import DiffusionTarget
+from mia.attacks.base import Attack, require
+from mia.attacks.moves import forward_noise
+from mia.attacks.sample_noise import SampleNoise
+from mia.targets.base import DiffusionTarget
 
 
 @dataclasses.dataclass
@@ -30,12 +33,12 @@ class PIA(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")
 
-    def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor) -> torch.Tensor:
-        return target.predict_noise(x0, 0)
+    def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return target.predict_noise(x0, 0, cond)
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
-        eps0 = self.initial_noise(target, x0)
-        eps_t = target.predict_noise(forward_noise(target, x0, eps0, self.t), self.t)
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        eps0 = self.initial_noise(target, x0, cond)
+        eps_t = target.predict_noise(forward_noise(target, x0, eps0, self.t), self.t, cond)
         return -(eps0 - eps_t).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)
 
 
@@ -43,7 +46,7 @@ class PIA(Attack):
 class PIAN(PIA):
     name = "pian"
 
-    def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor) -> torch.Tensor:
-        eps0 = target.predict_noise(x0, 0)
+    def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        eps0 = target.predict_noise(x0, 0, cond)
         scale = eps0.abs().mean(dim=tuple(range(1, eps0.ndim)), keepdim=True).clamp_min(torch.finfo(eps0.dtype).tiny)
         return eps0 / scale * math.sqrt(2 / math.pi)

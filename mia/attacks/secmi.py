@@ -9,11 +9,14 @@ reference code's off-by-one scores at 90 with 11).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, SampleNoise, ddim_move, require
-from mia.targets import DiffusionTarget
+from mia.attacks.base import Attack, require
+from mia.attacks.moves import ddim_move
+from mia.attacks.sample_noise import SampleNoise
+from mia.targets.base import DiffusionTarget
 
 
 @dataclasses.dataclass
@@ -36,16 +39,16 @@ class SecMI(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t_sec + self.interval, "attack.t_sec + attack.interval")
 
-    def invert(self, target: DiffusionTarget, x0: torch.Tensor) -> torch.Tensor:
+    def invert(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Deterministic DDIM inversion 0 → interval → … → t_sec (t_sec/interval queries)."""
         x = x0
         for t in range(0, self.t_sec, self.interval):
-            x = ddim_move(target, x, target.predict_noise(x, t), t, t + self.interval)
+            x = ddim_move(target, x, target.predict_noise(x, t, cond), t, t + self.interval)
         return x
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         t, up = self.t_sec, self.t_sec + self.interval
-        x_t = self.invert(target, x0)
-        x_up = ddim_move(target, x_t, target.predict_noise(x_t, t), t, up)
-        x_back = ddim_move(target, x_up, target.predict_noise(x_up, up), up, t)
+        x_t = self.invert(target, x0, cond)
+        x_up = ddim_move(target, x_t, target.predict_noise(x_t, t, cond), t, up)
+        x_back = ddim_move(target, x_up, target.predict_noise(x_up, up, cond), up, t)
         return -(x_back - x_t).flatten(1).to(torch.float64).pow(2).sum(1)

@@ -6,11 +6,13 @@ Score ``−Σ|ε_θ(x0, t)|^p`` with p = 4.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, SampleNoise, require
-from mia.targets import DiffusionTarget
+from mia.attacks.base import Attack, require
+from mia.attacks.sample_noise import SampleNoise
+from mia.targets.base import DiffusionTarget
 
 
 @dataclasses.dataclass
@@ -26,5 +28,5 @@ class SimA(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
-        return -target.predict_noise(x0, self.t).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        return -target.predict_noise(x0, self.t, cond).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)

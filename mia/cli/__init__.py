@@ -1,0 +1,1 @@
+"""The command-line entry points (thin ``@hydra.main`` functions) and the Hydra helpers they share."""

@@ -1,0 +1,88 @@
+"""Hydra and OmegaConf helpers both entry points share: the config trees, resolvers, building objects.
+
+The configs live in ``conf/``: ``conf/train/`` (mia-train's tree), ``conf/attack/`` (mia-attack's tree) and
+``conf/common/`` (logger, paths, hydra: on both trees' search path, through the ``mia_conf`` resolver).
+Two trees, so that an attack cannot compose a training option by accident (``mia-attack trainer=cpu`` is the
+attack's CPU trainer, never training's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mia.errors import MiaError
+
+# Absolute, so the configs are found however the package was imported (console script, -m, tests).
+CONF_ROOT = Path(__file__).resolve().parents[2] / "conf"
+TRAIN_CONFIG_DIR = str(CONF_ROOT / "train")
+ATTACK_CONFIG_DIR = str(CONF_ROOT / "attack")
+
+
+def _auto_precision() -> str:
+    # bf16 autocast where the GPU has it; full precision on the CPU, where bf16 is slow.
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def config_dir(tree: str) -> str:
+    """The folder of one config tree: ``train``, ``attack`` or ``common``."""
+    return str(CONF_ROOT / tree)
+
+
+for _name, _resolver in (("auto_precision", _auto_precision), ("mia_conf", config_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a MiaError raised by the built object through unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, MiaError):
+            raise err.__cause__ from None
+        raise
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a group such as ``logger`` or ``callbacks`` (a dict of named configs)."""
+    if not cfg:
+        return []
+    return [build(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_name() -> str | None:
+    """The multirun's folder name, used as the W&B group so a sweep's runs sit together."""
+    return Path(HydraConfig.get().sweep.dir).name if is_multirun() else None
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Any]:
+    """The configured Lightning loggers; W&B runs of one multirun share the sweep's name as their group."""
+    if not cfg:
+        return []
+    cfg = cfg.copy()
+    group = sweep_name()
+    for node in cfg.values():
+        if node is not None and "WandbLogger" in str(node.get("_target_", "")) and group and not node.get("group"):
+            node.group = group
+    loggers = instantiate_group(cfg)
+    for logger in loggers:
+        # Lightning's WandbLogger always passes `anonymous` (None when unset), which W&B now warns about
+        # on every run; leaving it out means the same to W&B.
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
+    return loggers

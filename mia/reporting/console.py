@@ -1,0 +1,25 @@
+"""The results table printed at the end of an attack run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The headline numbers, in the order they are shown (also the W&B run's summary scalars).
+SCALARS = (
+    "auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "queries_per_sample",
+    "seconds", "seconds_per_1000",
+)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A small aligned table of the headline numbers, with their intervals where there are some."""
+    rows = []
+    for key in ("attack", "n_members", "n_nonmembers", *SCALARS):
+        if key in metrics:
+            value = metrics[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if f"{key}_ci" in metrics:
+                low, high = metrics[f"{key}_ci"]
+                text += f"  [{low:.4f}, {high:.4f}]"
+            rows.append(f"  {key:<20} {text}")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Scoring: the attack LightningModule, the prediction cache and the ``score`` engine around them."""

@@ -1,0 +1,88 @@
+"""The target as attacks see it: ``ε_θ(x_t, t[, cond])``, ᾱ, ``encode``, and a counter every forward pass goes through.
+
+Attacks call nothing else of a model (docs/architecture.md, "the target interface"). A target kind (pixel
+pipeline, memoriser, ...) is a loader that builds one of these around its denoiser. Queries are counted by
+a forward pre-hook on the denoiser itself, so an attack cannot under-report them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mia.errors import MiaError
+
+
+class DiffusionTarget(nn.Module):
+    """A denoiser with its noise schedule; counts one query per sample per forward pass.
+
+    ``denoiser(x_t, timesteps)`` must return an object with ``.sample`` (as diffusers' UNets do) holding ε.
+    ``sample_shape`` is the (channels, height, width) of x0, the denoiser's input.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        alphas_cumprod: torch.Tensor,
+        sample_shape: tuple[int, int, int],
+        name: str = "target",
+        identity: str = "",
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        # Kept as the scheduler computed it (float32 in diffusers, the values the model was trained with),
+        # stored in float64 so that the coefficients derived from it add no rounding of their own.
+        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float64), persistent=False)
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.name = name
+        self.identity = identity  # a digest of the weights and schedule; keys the prediction cache ("" = none)
+        self.queries = 0  # sample-forwards since construction (or since reset_queries)
+        self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        self.queries += int(sample.shape[0])
+
+    def reset_queries(self) -> None:
+        self.queries = 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the evaluation set must hold (x0's for pixel models)."""
+        return self.sample_shape
+
+    def alpha_bar(self, t: int) -> float:
+        return float(self.alphas_cumprod[t])
+
+    def conditions(self, batch: dict[str, Any]) -> Any:
+        """The conditions of a batch of the evaluation set that ``predict_noise`` takes (None: unconditional)."""
+        return None
+
+    def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Any) -> torch.Tensor:
+        """One forward pass of the denoiser (one query per sample); kinds with conditions override this."""
+        return self.denoiser(x_t, timesteps).sample
+
+    def predict_noise(self, x_t: torch.Tensor, t: int, cond: Any = None) -> torch.Tensor:
+        """``ε_θ(x_t, t[, cond])`` for a batch at one timestep, as float32."""
+        if not 0 <= t < self.num_timesteps:
+            raise MiaError(f"timestep {t} is outside the model's schedule 0..{self.num_timesteps - 1}")
+        timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        weight = next(self.denoiser.parameters(), None)  # none for the closed-form memoriser, which takes float64
+        eps = self.denoise(x_t if weight is None else x_t.to(weight.dtype), timesteps, cond).float()
+        if not torch.isfinite(eps).all():
+            bad = int((~torch.isfinite(eps.flatten(1))).any(1).sum())
+            raise MiaError(
+                f"the model's noise prediction at t={t} is NaN or infinite for {bad} of {len(eps)} samples; "
+                "the target's weights are broken (check the training run's loss)"
+            )
+        return eps
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the x0 the denoiser works on (identity for pixel-space models)."""
+        return images
