@@ -25,10 +25,18 @@ class Attack(ABC):
     # True for attacks with ``collect`` (model predictions) and ``aggregate`` (scores from them), whose
     # predictions can be cached; ``prediction_settings`` then names the settings the predictions depend on.
     cacheable: ClassVar[bool] = False
+    # True for attacks whose score is fitted on labelled samples: ``collect`` gives per-sample features,
+    # ``fit(features, labels)`` fits on the calibration part only (and returns what it chose), then
+    # ``aggregate(features)`` scores every sample. Fitted attacks are cacheable too.
+    fitted: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         """float64 [B] membership scores; ``cond`` is the batch's conditions (None for unconditional targets)."""
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Fit on calibration features (fitted attacks only); returns what was chosen, for metrics.json."""
+        raise NotImplementedError(f"{self.name} fits nothing")
 
     def check(self, target: DiffusionTarget) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Raise MiaError when the settings do not fit this target (before any query is made)."""

@@ -20,7 +20,9 @@ from mia.cli.config import ATTACK_CONFIG_DIR, build, build_loggers
 from mia.cli.console import quiet_libraries
 from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
 from mia.errors import MiaError, run_or_exit
-from mia.evaluation.metrics import evaluate, roc_curve
+from mia.evaluation.calibration import calibration_fraction
+from mia.evaluation.metrics import roc_curve
+from mia.evaluation.protocol import Outcome, Protocol, apply
 from mia.evaluation.result import AttackResult
 from mia.reporting.console import format_metrics
 from mia.reporting.figures import plot_timestep_profile
@@ -46,7 +48,18 @@ def _tidy(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: Scores) -> dict[str, Any]:
+def protocol_of(cfg: DictConfig, attack: Attack) -> Protocol:
+    return Protocol(
+        calibration=calibration_fraction(cfg.protocol.calibration, attack.fitted),
+        seed=cfg.protocol.seed,
+        bootstrap=cfg.metrics.bootstrap,
+        confidence=cfg.metrics.confidence,
+        metrics_seed=cfg.metrics.seed,
+    )
+
+
+def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: Scores,
+              outcome: Outcome) -> dict[str, Any]:
     """``metrics.json``: what was attacked and how, the protocol's metrics, and the counted cost."""
     n = len(evalset)
     return {
@@ -55,8 +68,8 @@ def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: S
         "target": str(Path(cfg.target.path).expanduser().resolve()),
         "target_kind": cfg.target.kind,
         "target_checkpoint": cfg.target.checkpoint,
-        **evaluate(scores.values, evalset.labels.numpy(), cfg.metrics.bootstrap, cfg.metrics.confidence,
-                   cfg.metrics.seed),
+        **outcome.metrics,
+        **({"calibration": outcome.chosen} if outcome.chosen else {}),
         "queries_per_sample": _tidy(scores.queries / n),
         "queries_per_sample_this_run": _tidy(scores.queries_this_run / n),
         "seconds": round(scores.seconds, 3),
@@ -68,7 +81,7 @@ def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: S
 def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_figures: dict[str, Path]) -> None:
     """The run's files, its W&B run, and the results table in the log."""
     out_dir = Path(cfg.paths.output_dir)
-    roc = roc_curve(result.scores, result.labels)
+    roc = roc_curve(*result.evaluation_part())
     figures = {**write_outputs(result, roc, out_dir), **extra_figures}
     wandb_dirs = []
     for logger in build_loggers(cfg.get("logger")):
@@ -85,7 +98,7 @@ def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_
 
 def check_sections(cfg: DictConfig) -> None:
     """Each settings section must still be a section: ``data=cifar10`` is a training option, not an attack's."""
-    for key in ("data", "metrics", "report", "cache"):
+    for key in ("data", "metrics", "report", "cache", "protocol"):
         if not isinstance(cfg.get(key), DictConfig):
             hint = "; datasets are chosen at training (mia-train data=...)" if key == "data" else ""
             raise MiaError(f"{key} holds the attack's {key} settings ({key}.<key>=...), not a value{hint}")
@@ -100,10 +113,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
     log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,
              evalset.n_members, len(evalset) - evalset.n_members)
+    protocol = protocol_of(cfg, attack)
     settings = scoring_settings(cfg)
     scores = score(attack, target, evalset, settings)
-    result = AttackResult(attack.name, evalset.ids, evalset.labels.numpy(), scores.values,
-                          summarize(cfg, attack, evalset, scores))
+    labels = evalset.labels.numpy()
+    outcome = apply(attack, scores.values, evalset.ids, labels, protocol)
+    result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
+                          summarize(cfg, attack, evalset, scores, outcome), outcome.calibration)
     figures = {}
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,

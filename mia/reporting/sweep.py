@@ -30,7 +30,7 @@ METRIC_COLUMNS = (
     "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
     "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
-    "n_members", "n_nonmembers",
+    "n_members", "n_nonmembers", "n_calibration",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 
@@ -110,7 +110,7 @@ def write_summary(sweep_dir: Path) -> dict[str, Path]:
         knobs = ", ".join(f"{k.split('.')[-1]}={job['overrides'][k]}" for k in swept if k in job["overrides"])
         return f"{knobs or job['result'].attack} (AUC {job['result'].metrics['auc']:.3f})"
 
-    curves = [(label(job), roc_curve(job["result"].scores, job["result"].labels)) for job in jobs]
+    curves = [(label(job), roc_curve(*job["result"].evaluation_part())) for job in jobs]
     plot_roc(curves, title="sweep").savefig(written["roc_overlay"], dpi=120)
 
     numeric = [k for k in swept if all(_as_number(job["overrides"].get(k, "x")) is not None for job in jobs)]

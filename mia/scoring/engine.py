@@ -41,7 +41,7 @@ class ScoringSettings:
 class Scores:
     """An attack's scores over an evaluation set and what they cost."""
 
-    values: np.ndarray  # float64 [N], aligned with the evaluation set, higher = member
+    values: np.ndarray  # float64 [N] scores (higher = member), or a fitted attack's features [N, ...]
     queries: int  # sample-forwards the predictions took when they were made (counted now or by the cache)
     queries_this_run: int  # sample-forwards this call made (0 on a cache hit)
     seconds: float
@@ -90,8 +90,9 @@ def score(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, setti
     started = time.perf_counter()
     batches = trainer.predict(module, dataloaders=loader)
     seconds = time.perf_counter() - started
-    values = np.full(len(evalset), np.nan)
-    values[torch.cat([b["index"] for b in batches]).numpy()] = torch.cat([b["score"] for b in batches]).numpy()
+    outputs = torch.cat([b["score"] for b in batches]).numpy()
+    values = np.full((len(evalset), *outputs.shape[1:]), np.nan)
+    values[torch.cat([b["index"] for b in batches]).numpy()] = outputs
     queries = int(sum(int(b["queries"]) for b in batches))
     if np.isnan(values).any():
         raise MiaError("the attack produced NaN scores; the target's predictions are broken")

@@ -18,7 +18,8 @@ class AttackModule(L.LightningModule):
     """Runs an attack against a target under Lightning's predict loop (devices, progress bar).
 
     With a cache, an attack that separates its model predictions from their aggregation (NA) reads
-    the predictions from disk when they were made before, and writes them there when not.
+    the predictions from disk when they were made before, and writes them there when not. A fitted
+    attack's batch output is its features [B, ...], not scores.
     """
 
     def __init__(self, target: DiffusionTarget, attack: Attack, cache: PredictionCache | None = None,
@@ -47,7 +48,8 @@ class AttackModule(L.LightningModule):
             else:
                 predictions = self.attack.collect(self.target, x0, noise, cond)
                 self.cache.write(start, predictions, self.n_samples)
-            scores = self.attack.aggregate(predictions)
+            # A fitted attack's features go back as they are: it is fitted on the calibration part first.
+            scores = predictions if self.attack.fitted else self.attack.aggregate(predictions)
         return {
             "index": batch["index"].cpu(),
             "score": scores.detach().to(torch.float64).cpu(),
