@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,7 @@ from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
 from mia.errors import MiaError, run_or_exit
 from mia.evaluation.calibration import calibration_fraction
 from mia.evaluation.metrics import roc_curve
-from mia.evaluation.protocol import Outcome, Protocol, apply
+from mia.evaluation.protocol import Outcome, Protocol, apply, roles
 from mia.evaluation.result import AttackResult
 from mia.reporting.console import format_metrics
 from mia.reporting.figures import plot_timestep_profile
@@ -31,6 +32,7 @@ from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
 from mia.targets.loading import load_target
+from mia.tuning.grid import Tuning, tune
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _tidy(value: float) -> int | float:
 
 def protocol_of(cfg: DictConfig, attack: Attack) -> Protocol:
     return Protocol(
-        calibration=calibration_fraction(cfg.protocol.calibration, attack.fitted),
+        calibration=calibration_fraction(cfg.protocol.calibration, attack.fitted or bool(cfg.get("tune"))),
         seed=cfg.protocol.seed,
         bootstrap=cfg.metrics.bootstrap,
         confidence=cfg.metrics.confidence,
@@ -58,10 +60,14 @@ def protocol_of(cfg: DictConfig, attack: Attack) -> Protocol:
     )
 
 
-def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: Scores,
-              outcome: Outcome) -> dict[str, Any]:
-    """``metrics.json``: what was attacked and how, the protocol's metrics, and the counted cost."""
-    n = len(evalset)
+def summarize(cfg: DictConfig, attack: Attack, scored_samples: int, scores: Scores, outcome: Outcome,
+              tuning: Tuning | None) -> dict[str, Any]:
+    """``metrics.json``: what was attacked and how, the protocol's metrics, and the counted cost.
+
+    The cost per sample is the chosen setting's over the samples it scored; a tuning's grid is reported
+    apart (``tuning.calibration_queries``).
+    """
+    n = scored_samples
     return {
         "attack": attack.name,
         "settings": attack.settings(),
@@ -70,6 +76,7 @@ def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: S
         "target_checkpoint": cfg.target.checkpoint,
         **outcome.metrics,
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
+        **({"tuning": tuning.record()} if tuning is not None else {}),
         "queries_per_sample": _tidy(scores.queries / n),
         "queries_per_sample_this_run": _tidy(scores.queries_this_run / n),
         "seconds": round(scores.seconds, 3),
@@ -115,11 +122,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              evalset.n_members, len(evalset) - evalset.n_members)
     protocol = protocol_of(cfg, attack)
     settings = scoring_settings(cfg)
-    scores = score(attack, target, evalset, settings)
     labels = evalset.labels.numpy()
-    outcome = apply(attack, scores.values, evalset.ids, labels, protocol)
+    mask = roles(evalset.ids, labels, protocol)
+    tuning = None
+    if cfg.get("tune"):
+        # Chosen on the calibration samples alone; the winner then scores the evaluation samples once.
+        grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) if cfg.tune.get("grid") else {}
+        tuning = tune(attack, grid, cfg.tune.get("criterion"), target, evalset.subset(np.flatnonzero(mask)), settings)
+        attack = tuning.attack
+        scores = score(attack, target, evalset.subset(np.flatnonzero(~mask)), settings)
+        values = np.empty(len(evalset))
+        values[mask], values[~mask] = tuning.calibration_scores, scores.values
+        scored_samples = int((~mask).sum())
+    else:
+        scores = score(attack, target, evalset, settings)
+        values, scored_samples = scores.values, len(evalset)
+    outcome = apply(attack, values, labels, mask, protocol)
     result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
-                          summarize(cfg, attack, evalset, scores, outcome), outcome.calibration)
+                          summarize(cfg, attack, scored_samples, scores, outcome, tuning), outcome.calibration)
     figures = {}
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,

@@ -58,13 +58,17 @@ class EvaluationSet(Dataset):
     def n_members(self) -> int:
         return int(self.labels.sum())
 
+    def subset(self, rows) -> EvaluationSet:
+        """The samples at ``rows`` (positions), in that order."""
+        rows = [int(r) for r in rows]
+        return EvaluationSet(self.images[rows], self.labels[rows], [self.ids[i] for i in rows])
+
     def first(self, n: int | None) -> EvaluationSet:
         """The first ``n`` members and first ``n`` non-members (all when ``n`` is None)."""
         if n is None:
             return self
         members, nonmembers = torch.nonzero(self.labels == 1).flatten(), torch.nonzero(self.labels == 0).flatten()
-        rows = [*members[:n].tolist(), *nonmembers[:n].tolist()]
-        return EvaluationSet(self.images[rows], self.labels[rows], [self.ids[i] for i in rows])
+        return self.subset([*members[:n].tolist(), *nonmembers[:n].tolist()])
 
 
 def _first(ids: list[str], limit: int | None) -> list[str]:

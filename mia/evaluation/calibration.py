@@ -17,14 +17,17 @@ from mia.errors import MiaError
 
 
 def calibration_fraction(requested: float | None, fitted: bool) -> float:
-    """The fraction in use: ``protocol.calibration``, or when null 0.2 for attacks that fit and 0 otherwise."""
+    """The fraction in use: ``protocol.calibration``, or when null 0.2 when something is fitted, else 0.
+
+    ``fitted``: whether anything is fitted (a fitted attack's score, or knobs tuned on calibration).
+    """
     if requested is None:
         return 0.2 if fitted else 0.0
     if isinstance(requested, bool) or not isinstance(requested, int | float) or not 0 <= requested < 1:
         raise MiaError(f"protocol.calibration must be a fraction in [0, 1) or null, got {requested!r}")
     if fitted and requested == 0:
-        raise MiaError("this attack fits its score on labelled samples; set protocol.calibration to a fraction "
-                       "above 0 (e.g. 0.2), or leave it null")
+        raise MiaError("something is fitted on labelled samples here (a fitted attack or tune=); set "
+                       "protocol.calibration to a fraction above 0 (e.g. 0.2), or leave it null")
     return float(requested)
 
 

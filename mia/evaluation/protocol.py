@@ -33,9 +33,14 @@ class Outcome:
     chosen: dict[str, Any] = field(default_factory=dict)  # what was fitted on the calibration rows
 
 
-def apply(attack: Attack, values: np.ndarray, ids: list[str], labels: np.ndarray, protocol: Protocol) -> Outcome:
-    """Fit what the attack fits on the calibration rows, score every row, measure the evaluation rows."""
-    mask = calibration_mask(ids, labels, protocol.calibration, protocol.seed)
+def roles(ids: list[str], labels: np.ndarray, protocol: Protocol) -> np.ndarray | None:
+    """True for calibration samples (None: no calibration part)."""
+    return calibration_mask(ids, labels, protocol.calibration, protocol.seed)
+
+
+def apply(attack: Attack, values: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
+          protocol: Protocol) -> Outcome:
+    """Fit what the attack fits on the calibration rows (``mask``), score every row, measure the evaluation rows."""
     chosen: dict[str, Any] = {}
     if attack.fitted:
         if mask is None:
