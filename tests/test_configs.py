@@ -87,7 +87,7 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
     ("sima", SimA(t=100, p=4.0)),
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
-    assert options("attack", "attack") == ["loss", "na", "pia", "pian", "secmi", "sima"]
+    assert options("attack", "attack") == ["learned", "loss", "na", "pia", "pian", "secmi", "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 

@@ -46,9 +46,13 @@ class SecMI(Attack):
             x = ddim_move(target, x, target.predict_noise(x, t, cond), t, t + self.interval)
         return x
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+    def residual(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """``|x̂ − x̃_{t_sec}|`` per element, float64 [B, C, H, W]: what SecMI_stat sums and SecMI_NN classifies."""
         t, up = self.t_sec, self.t_sec + self.interval
         x_t = self.invert(target, x0, cond)
         x_up = ddim_move(target, x_t, target.predict_noise(x_t, t, cond), t, up)
         x_back = ddim_move(target, x_up, target.predict_noise(x_up, up, cond), up, t)
-        return -(x_back - x_t).flatten(1).to(torch.float64).pow(2).sum(1)
+        return (x_back - x_t).to(torch.float64).abs()
+
+    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        return -self.residual(target, x0, cond).flatten(1).pow(2).sum(1)

@@ -104,3 +104,38 @@ def plot_timestep_profile(profile) -> Figure:
     for axis in (spread, separation):
         axis.grid(alpha=0.3)
     return figure
+
+
+def plot_noise_scale_profiles(profiles) -> Figure:
+    """NA's timestep profile at several noise scales, one row per statistic: the members' (solid) and
+    non-members' (dashed) median statistic against t, one colour per noise scale, and AUC against t.
+
+    ``profiles``: {statistic: {noise scale: TimestepProfile}}. Where the dashed line of a colour lies below
+    its solid line, non-members aggregate tighter than members at that (t, noise scale): NA is inverted there.
+    """
+    from matplotlib import colormaps
+
+    figure = Figure(figsize=(11, 4.2 * len(profiles)), layout="constrained")
+    axes = figure.subplots(len(profiles), 2, squeeze=False)
+    for (spread, separation), (statistic, by_scale) in zip(axes, profiles.items(), strict=True):
+        scales = sorted(by_scale)
+        for i, scale in enumerate(scales):
+            profile = by_scale[scale]
+            color = colormaps["viridis"](i / max(1, len(scales) - 1) * 0.9)
+            t = profile.timesteps
+            spread.plot(t, profile.members[:, 1], color=color, marker="o", label=f"s = {scale:g}, members")
+            spread.plot(t, profile.nonmembers[:, 1], color=color, marker="x", ls="--",
+                        label=f"s = {scale:g}, non-members")
+            separation.plot(t, profile.auc, color=color, marker="o", label=f"s = {scale:g}")
+        tighter = {"density": " (higher = tighter)"}.get(statistic, "" if "/" in statistic else " (lower = tighter)")
+        spread.set(xlabel="start timestep t", ylabel=f"{statistic}, median{tighter}",
+                   title=f"{statistic}: members (solid) and non-members (dashed)")
+        if statistic != "density":
+            spread.set_yscale("log")
+        separation.axhline(0.5, color="grey", ls="--", lw=1)
+        separation.set(xlabel="start timestep t", ylabel="AUC", ylim=(0, 1), title=f"{statistic}: AUC against t")
+        spread.legend(fontsize=7, ncol=2)
+        separation.legend(fontsize=8)
+        for axis in (spread, separation):
+            axis.grid(alpha=0.3)
+    return figure
