@@ -73,7 +73,7 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
     cfg = config("train", f"experiment={experiment}", "logger=none", output_dir=tmp_path)
     assert cfg.split.members <= cfg.split.nonmembers  # at least as many non-members as members
     model = instantiate(cfg.target, _convert_="all")
-    assert model.unet.config.sample_size == cfg.data.image_size
+    model.check_fits(cfg.data.channels, cfg.data.image_size)  # the model takes the experiment's images
     assert isinstance(instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=False),
                       L.Trainer)
 

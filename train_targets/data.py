@@ -9,10 +9,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mia.data.captions import captions_of
 from mia.data.images import load_split_images
 from mia.data.pools import ImagePool
 from mia.data.split import Split, make_split
 from mia.errors import MiaError
+from train_targets.captioned_data import with_captions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class MemberDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
+        self.captions: tuple[list[str], list[str]] | None = None  # members', non-members' (captioned data)
 
     def prepare(self) -> Split:
         """Draw the split and decode its images (once); raises MiaError on any bad input."""
@@ -63,6 +66,10 @@ class MemberDataModule(L.LightningDataModule):
                 seed=self.seed,
                 dataset=dataset,
             )
+            captions = captions_of(self.pool, [*member_idx, *nonmember_idx])
+            if captions is not None:  # captioned data: the split records every sample's caption
+                self.split.captions = dict(zip(self.split.members + self.split.nonmembers, captions, strict=True))
+                self.captions = captions[: len(member_idx)], captions[len(member_idx) :]
             self.split.check()
             log.info(
                 "split of %s: %d members, %d non-members (pool %d, seed %d)",
@@ -76,7 +83,7 @@ class MemberDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.members is not None
         return DataLoader(
-            TensorDataset(self.members),
+            with_captions(TensorDataset(self.members), self.captions[0] if self.captions else None),
             batch_size=min(self.batch_size, len(self.members)),
             shuffle=True,
             drop_last=True,  # equal-sized batches: no tiny last batch with a noisy gradient
@@ -94,7 +101,9 @@ class MemberDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((n, *images.shape[1:]), generator=generator).repeat(2, 1, 1, 1)
         timesteps = torch.randint(0, PROBE_TIMESTEPS, (n,), generator=generator).repeat(2)
-        return DataLoader(TensorDataset(images, labels, noise, timesteps), batch_size=self.batch_size)
+        captions = self.captions[0][:n] + self.captions[1][:n] if self.captions else None
+        return DataLoader(with_captions(TensorDataset(images, labels, noise, timesteps), captions),
+                          batch_size=self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         split = self.prepare()

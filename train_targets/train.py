@@ -12,7 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia.cli.config import TRAIN_CONFIG_DIR, build_loggers, instantiate_group
+from mia.cli.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
 from mia.cli.console import quiet_libraries
 from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError, run_or_exit
@@ -53,8 +53,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     )
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 
-    model: DDPMTarget = instantiate(cfg.target, _convert_="all")
+    model: DDPMTarget = build(cfg.target, _convert_="all")  # a MiaError from the model's own checks: one line
     model.check_fits(pool.channels, pool.image_size)
+    if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
+        model.check_data(datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
