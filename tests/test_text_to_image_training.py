@@ -176,7 +176,7 @@ def test_the_split_records_every_caption_and_the_run(t2i_target):
     assert json.loads((target / "training.json").read_text())["members"] == 8
 
 
-@pytest.mark.parametrize("key", ["init_from", "vae_from"])
+@pytest.mark.parametrize("key", ["init_from", pytest.param("vae_from", marks=pytest.mark.slow)])
 def test_a_previous_folder_gives_everything_or_the_autoencoder(t2i_target, tmp_path: Path, key: str):
     data, target, _ = t2i_target
     train(compose_config("train", [*TINY_T2I, f"data.root={data}", f"target.{key}={target}", "trainer.max_steps=2",

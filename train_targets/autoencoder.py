@@ -38,8 +38,8 @@ class AutoencoderTraining:
     seed: int = 0  # which images, their order and the posterior samples
 
 
-def images_outside_split(pool: ImagePool, split: Split, count: int, seed: int) -> torch.Tensor:
-    """Up to ``count`` seeded pool images that are neither members nor non-members, uint8 [N, C, H, W]."""
+def outside_split(pool: ImagePool, split: Split) -> list[int]:
+    """Pool indices that are neither members nor non-members; refused when there are none."""
     taken = set(split.members) | set(split.nonmembers)
     free = [i for i, sample_id in enumerate(pool.ids) if sample_id not in taken]
     if not free:
@@ -47,7 +47,12 @@ def images_outside_split(pool: ImagePool, split: Split, count: int, seed: int) -
             f"the split takes all {len(pool)} pool images, so none is left to train the autoencoder on; "
             "lower split.members / split.nonmembers, or set target.vae_from=<a text-to-image folder>"
         )
-    chosen = np.random.default_rng(seed).permutation(free)[:count]
+    return free
+
+
+def images_outside_split(pool: ImagePool, split: Split, count: int, seed: int) -> torch.Tensor:
+    """Up to ``count`` seeded pool images that are neither members nor non-members, uint8 [N, C, H, W]."""
+    chosen = np.random.default_rng(seed).permutation(outside_split(pool, split))[:count]
     images, _ = load_images(pool, chosen.tolist())
     return images
 

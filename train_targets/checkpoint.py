@@ -32,6 +32,8 @@ def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         hparams = checkpoint["hyper_parameters"]
+        if "text_encoder" in hparams:
+            raise MiaError(f"{path} is a text-to-image training checkpoint; attack the folder its run exported")
         unet = UNet2DModel(**hparams["unet"])
         state = {k[len("unet."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
         unet.load_state_dict(state)

@@ -31,6 +31,7 @@ from train_targets.autoencoder import (
     AutoencoderTraining,
     images_outside_split,
     latent_scaling_factor,
+    outside_split,
     train_autoencoder,
 )
 from train_targets.text_to_image_parts import build_parts, check_parts, load_parts, load_vae
@@ -93,7 +94,7 @@ class TextToImageTarget(L.LightningModule):
 
     def check_fits(self, channels: int, image_size: int) -> None:
         """Refuse data the VAE cannot encode and parts that do not fit together, before training starts."""
-        check_parts(self, channels, image_size)  # type: ignore[arg-type]
+        check_parts(self.unet, self.vae, self.text_encoder, self.tokenizer, channels, image_size)
 
     def check_data(self, datamodule: Any) -> None:
         """The data must have captions, and (when the VAE is trained here) images outside the split."""
@@ -103,9 +104,7 @@ class TextToImageTarget(L.LightningModule):
                 "(images with metadata.jsonl/csv)"
             )
         if not self.vae_ready:
-            pool, split = datamodule.pool, datamodule.prepare()
-            if len(pool) <= len(split.members) + len(split.nonmembers):
-                images_outside_split(pool, split, 1, 0)  # raises with the message
+            outside_split(datamodule.pool, datamodule.prepare())
 
     def pipeline(self) -> StableDiffusionPipeline:
         """The exported pipeline (EMA weights once training has ended with EMA on); samples with DDIM."""
@@ -130,10 +129,12 @@ class TextToImageTarget(L.LightningModule):
         log.info("training the autoencoder on %d pool images outside the split for %d steps",
                  len(images), settings.steps)
         train_autoencoder(self.vae, images, settings, self.device, self.loggers)
-        self.vae.register_to_config(scaling_factor=latent_scaling_factor(self.vae, images, self.device, settings.seed))
+        scaling = latent_scaling_factor(self.vae, images, self.device, settings.seed)
         # Under DDP every rank trained the same VAE from the same seed; rank 0's is made everyone's.
-        state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in self.vae.state_dict().items()}, src=0)
-        self.vae.load_state_dict(state)
+        weights = {k: v.cpu() for k, v in self.vae.state_dict().items()}
+        weights, scaling = self.trainer.strategy.broadcast((weights, scaling), src=0)
+        self.vae.load_state_dict(weights)
+        self.vae.register_to_config(scaling_factor=scaling)
         self.vae_ready = True
         log.info("autoencoder ready (latent scaling factor %.4f)", self.vae.config.scaling_factor)
 

@@ -95,10 +95,13 @@ def load_vae(folder: str) -> AutoencoderKL:
         raise MiaError(f"cannot load the VAE in {path}/vae: {err}") from err
 
 
-def check_parts(parts: Parts, channels: int, image_size: int) -> None:
+def check_parts(
+    unet_model: UNet2DConditionModel, vae_model: AutoencoderKL, text_encoder: CLIPTextModel,
+    tokenizer: PreTrainedTokenizerBase, channels: int, image_size: int,
+) -> None:
     """Refuse data the parts cannot take and parts that do not fit each other, before any training."""
-    vae, unet, encoder = parts.vae.config, parts.unet.config, parts.text_encoder.config
-    factor = vae_factor(parts.vae)
+    vae, unet, encoder = vae_model.config, unet_model.config, text_encoder.config
+    factor = vae_factor(vae_model)
     if vae.in_channels != channels or vae.out_channels != channels:
         raise MiaError(f"the VAE takes {vae.in_channels}-channel images but the data have {channels}; "
                        "set data.channels to match")
@@ -121,8 +124,8 @@ def check_parts(parts: Parts, channels: int, image_size: int) -> None:
     if unet.cross_attention_dim != encoder.hidden_size:
         raise MiaError(f"the UNet attends to {unet.cross_attention_dim}-wide text features but the text encoder "
                        f"makes {encoder.hidden_size}; set target.unet.cross_attention_dim to match")
-    if parts.tokenizer.model_max_length > encoder.max_position_embeddings:
-        raise MiaError(f"the tokenizer pads to {parts.tokenizer.model_max_length} tokens but the text encoder "
+    if tokenizer.model_max_length > encoder.max_position_embeddings:
+        raise MiaError(f"the tokenizer pads to {tokenizer.model_max_length} tokens but the text encoder "
                        f"takes at most {encoder.max_position_embeddings}")
     if vae.latent_channels * latent_size**2 > channels * image_size**2:
         # The probe draws its latent noise from the data module's pixel-shaped noise.
