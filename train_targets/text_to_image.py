@@ -8,9 +8,9 @@ guidance, CLiD's ∅ caption).
 
 The VAE is frozen while the denoiser trains: it is trained first (train_targets/autoencoder.py), taken
 from a previous export (``vae_from``), or comes with the folder being fine-tuned (``init_from``). It is
-held outside the module's parameters, so the EMA callback averages only what trains (UNet, text encoder)
-and the exported VAE is exactly the one the UNet's latents came from; checkpoints carry it under
-``autoencoder``.
+held outside the module's parameters (``Frozen``), so the EMA callback averages only what trains (UNet,
+text encoder) and the exported VAE is exactly the one the UNet's latents came from; checkpoints carry it
+under ``autoencoder``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from torchvision.utils import make_grid, save_image
+from transformers import PreTrainedTokenizerBase
 
 from mia.data.images import to_model_range
 from mia.errors import MiaError
@@ -37,6 +38,22 @@ from train_targets.autoencoder import (
 from train_targets.text_to_image_parts import build_parts, check_parts, load_parts, load_vae
 
 log = logging.getLogger(__name__)
+
+
+class Frozen:
+    """The parts that are not optimised here: the VAE and the tokenizer.
+
+    Not a submodule, so the EMA callback never averages the VAE (its copy of the module shares this holder
+    rather than copying it) and the exported VAE is exactly the one that made the UNet's latents.
+    Checkpoints carry the VAE through on_save_checkpoint; the module moves it to its device in on_fit_start.
+    """
+
+    def __init__(self, vae: AutoencoderKL, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.vae = vae
+        self.tokenizer = tokenizer
+
+    def __deepcopy__(self, memo: dict) -> Frozen:
+        return self
 
 
 class TextToImageTarget(L.LightningModule):
@@ -80,12 +97,18 @@ class TextToImageTarget(L.LightningModule):
         self.unet = parts.unet
         self.text_encoder = parts.text_encoder
         self.text_encoder.requires_grad_(train_text_encoder)
-        self.tokenizer = parts.tokenizer
+        self.frozen = Frozen(parts.vae.eval().requires_grad_(False), parts.tokenizer)
         self.noise_scheduler = parts.scheduler
         self.autoencoder_training = AutoencoderTraining(**(autoencoder or {}))
-        # Not a submodule: frozen, never averaged by EMA, saved by on_save_checkpoint (see the module docstring).
-        object.__setattr__(self, "vae", parts.vae.eval().requires_grad_(False))
         self._token_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.frozen.vae
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.frozen.tokenizer
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -148,7 +171,7 @@ class TextToImageTarget(L.LightningModule):
             raise MiaError("the checkpoint holds no autoencoder; it was not written by a text-to-image target")
         vae = AutoencoderKL.from_config(saved["config"])
         vae.load_state_dict(saved["state_dict"])
-        object.__setattr__(self, "vae", vae.eval().requires_grad_(False))
+        self.frozen.vae = vae.eval().requires_grad_(False)
         self.vae_ready = saved["ready"]
 
     # --- training ----------------------------------------------------------------------------------------
