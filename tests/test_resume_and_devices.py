@@ -110,6 +110,8 @@ def _ddp_rank(rank: int, port: int, out: Path, attack, target, evalset, cache_di
 
     scores = score(attack, target, evalset, ScoringSettings(trainer, batch_size=7, cache_dir=cache_dir, chunk_size=7))
     np.save(out / f"values{rank}.npy", scores.values)
+    # A second predict loop in the same processes (as the timestep profile runs), on a subset, uncached.
+    np.save(out / f"subset{rank}.npy", score(attack, target, evalset.first(9), ScoringSettings(trainer, 7)).values)
     (out / f"cost{rank}.json").write_text(json.dumps([scores.queries, scores.queries_this_run, scores.main,
                                                        scores.device]))
 
@@ -129,15 +131,17 @@ def test_two_processes_score_exactly_what_one_does(tiny_target: Path, tmp_path: 
     # 48 samples in batches of 7: rank 0 scores batches 0, 2, 4, 6 (the last one of 6), rank 1 batches 1, 3, 5.
     assert in_forked_processes(_ddp_rank, *[(rank, port, tmp_path, attack, target, evalset, cache_dir)
                                             for rank in (0, 1)]) == [0, 0]
+    def one_device() -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+
     with one_thread():
-        one = score(attack, target, evalset, ScoringSettings(lambda: L.Trainer(
-            accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False),
-            batch_size=7))
-        hit = score(attack, target, evalset, ScoringSettings(lambda: L.Trainer(
-            accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False),
-            batch_size=7, cache_dir=cache_dir))
+        one = score(attack, target, evalset, ScoringSettings(one_device, batch_size=7))
+        hit = score(attack, target, evalset, ScoringSettings(one_device, batch_size=7, cache_dir=cache_dir))
+        subset = score(attack, target, evalset.first(9), ScoringSettings(one_device, batch_size=7))
     for rank in (0, 1):  # every rank holds every sample's score, exactly as one process computes it
         np.testing.assert_array_equal(np.load(tmp_path / f"values{rank}.npy"), one.values)
+        np.testing.assert_array_equal(np.load(tmp_path / f"subset{rank}.npy"), subset.values)
     costs = [json.loads((tmp_path / f"cost{rank}.json").read_text()) for rank in (0, 1)]
     assert costs == [[48 * 5, 48 * 5, True, "cpu x 2"], [48 * 5, 48 * 5, False, "cpu x 2"]]  # summed over ranks
     # The two ranks wrote their chunks, rank zero published the entry: one process reads it whole.

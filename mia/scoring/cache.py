@@ -17,6 +17,7 @@ from the first of their chunks by name; a complete entry reads only the chunks i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -143,6 +144,9 @@ class PredictionCache:
         except FileNotFoundError:  # the entry was evicted by another job meanwhile: these rows stay unstored
             log.warning("cache entry %s disappeared while this run wrote it; its rows are not cached", self.folder)
             return
+        except OSError as err:
+            raise MiaError(f"cannot write the prediction cache at {self.folder}: {err}; free space, set "
+                           "cache.dir=<a writable folder> or cache.enabled=false") from err
         self._published += 1
         self.touch()
 
@@ -168,7 +172,8 @@ class PredictionCache:
         return True
 
     def touch(self) -> None:
-        (self.folder / "used").touch()
+        with contextlib.suppress(OSError):  # a cache shared read-only still reads; its entries are not aged
+            (self.folder / "used").touch()
 
     # -- index ----------------------------------------------------------------------------------------------
 
