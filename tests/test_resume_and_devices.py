@@ -163,7 +163,7 @@ def test_whole_batches_reach_every_rank_once(rows: int, batch: int):
 
 def test_missing_or_repeated_samples_are_refused():
     def batch(*index: int) -> dict[str, torch.Tensor]:
-        return {"index": torch.tensor(index), "output": torch.tensor(index, dtype=torch.float64)[:, None]}
+        return {"index": torch.tensor(index), "score": torch.tensor(index, dtype=torch.float64)[:, None]}
 
     assert assemble([batch(2, 3), batch(0, 1)], 4)[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # [N, F] outputs too
     with pytest.raises(MiaError, match="scored 3 of 4 samples"):
@@ -195,5 +195,8 @@ def test_mia_attack_on_two_cpu_processes_writes_the_scores_csv_of_one(tiny_targe
                                  text=True, env=env, timeout=600)
         assert process.returncode == 0, process.stderr[-3000:]
     assert (tmp_path / "two/scores.csv").read_bytes() == (tmp_path / "one/scores.csv").read_bytes()
+    # Rank 1 wrote nothing but its own Hydra log: the reports are rank zero's.
+    files = {name: {p.name for p in (tmp_path / name).iterdir()} for name in ("one", "two")}
+    assert files["two"] - files["one"] == {"train_ddp_process_1.log"} and files["one"] <= files["two"]
     metrics = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics["device"] == "cpu x 2" and metrics["queries_per_sample"] == 5

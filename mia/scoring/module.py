@@ -73,7 +73,7 @@ class AttackModule(L.LightningModule):
         output = self.attack.aggregate(values) if self.attack.cacheable else values
         return {
             "index": index,
-            "output": output.detach().to(torch.float64).cpu(),
+            "score": output.detach().to(torch.float64).cpu(),
             # Sample-forwards this batch made, counted by the hook on the denoiser.
             "queries": torch.tensor(self.target.queries - before),
         }

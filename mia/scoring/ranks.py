@@ -104,7 +104,7 @@ def wait_for_workers(trainer: L.Trainer) -> None:
 def assemble(batches: list[dict[str, torch.Tensor]], rows: int) -> torch.Tensor:
     """Outputs ``[rows, ...]`` in the evaluation set's order, from every rank's batches; each row exactly once."""
     index = torch.cat([b["index"] for b in batches])
-    output = torch.cat([b["output"] for b in batches])
+    output = torch.cat([b["score"] for b in batches])
     counts = torch.bincount(index, minlength=rows)
     if len(counts) != rows or (counts != 1).any():
         lost, twice = int((counts[:rows] == 0).sum()), int((counts > 1).sum())
