@@ -43,6 +43,8 @@ def scoring_settings(cfg: DictConfig) -> ScoringSettings:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.cache.dir if cfg.cache.enabled else None,
+        chunk_size=cfg.cache.chunk_size,
+        max_gb=cfg.cache.max_gb,
     )
 
 
@@ -144,6 +146,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,
                                    cfg.report.profile_max_samples, settings)
+    if not scores.main:  # another rank of a multi-device run (it took part in every predict loop above)
+        return result.metrics
+    if cfg.report.profile:
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         profile.save_csv(out_dir / "timestep_profile.csv")
