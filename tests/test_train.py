@@ -36,9 +36,12 @@ def test_export_records_a_disjoint_split_and_the_run(tiny_target: Path):
     assert not set(split.members) & set(split.nonmembers)
     assert split.dataset["name"] == "digits" and split.dataset["fingerprint"].startswith("sha256:")
     assert "_target_" not in split.dataset  # named from the registry, so loading it runs no code it names
+    assert split.duplicates["left_out"] == {} and "pixels" in split.duplicates["rule"]  # checked as it was drawn
     info = json.loads((tiny_target / "training.json").read_text())
     assert info["steps"] == 6 and info["members"] == 24
     assert {"val/loss_members", "val/loss_nonmembers", "val/loss_gap"} <= set(info["metrics"])
+    assert info["provenance"]["split"] == {"fingerprint": split.dataset["fingerprint"], "seed": 0}
+    assert info["provenance"]["device"] == "cpu" and info["provenance"]["libraries"]["lightning"]
 
 
 def test_exported_weights_are_the_ema_weights(tmp_path: Path):
@@ -136,8 +139,9 @@ def test_cli_unknown_option_or_value_fails(tmp_path: Path):
     for override in ("data=imagenet", "no_such_key=1"):
         process = _cli(override, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
         _, stderr = process.communicate(timeout=120)
-        assert process.returncode != 0
+        assert process.returncode == 1  # Hydra's own refusal (docs/bad_inputs.md, rows G4 and G5)
         assert "imagenet" in stderr or "no_such_key" in stderr
+        assert "Traceback" not in stderr
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path):

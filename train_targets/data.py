@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mia.data.images import load_split_images
+from mia.data.duplicates import draw_distinct_split
 from mia.data.pools import ImagePool
-from mia.data.split import Split, make_split
+from mia.data.split import Split
 from mia.errors import MiaError
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,9 @@ class MemberDataModule(L.LightningDataModule):
     def prepare(self) -> Split:
         """Draw the split and decode its images (once); raises MiaError on any bad input."""
         if self.split is None:
-            member_idx, nonmember_idx = make_split(len(self.pool), *self.sizes, seed=self.seed)
-            self.members, self.nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
-            dataset = dict(self.data_config, fingerprint=digest, pool_size=len(self.pool))
-            self.split = Split(
-                members=[self.pool.ids[int(i)] for i in member_idx],
-                nonmembers=[self.pool.ids[int(i)] for i in nonmember_idx],
-                seed=self.seed,
-                dataset=dataset,
-            )
-            self.split.check()
+            # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
+            self.split, self.members, self.nonmembers = draw_distinct_split(self.pool, self.data_config,
+                                                                            *self.sizes, seed=self.seed)
             log.info(
                 "split of %s: %d members, %d non-members (pool %d, seed %d)",
                 self.pool.name, len(self.split.members), len(self.split.nonmembers), len(self.pool), self.seed,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
+from mia.checks import require_number
+
 
 def _ema_multi_avg_fn(decay: float):
     @torch.no_grad()
@@ -27,7 +29,6 @@ class EMA(WeightAveraging):
     """
 
     def __init__(self, decay: float = 0.999) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        require_number("callbacks.ema.decay", decay, 0.0, 1.0, open_interval=True)  # one line, not a traceback
         super().__init__(multi_avg_fn=_ema_multi_avg_fn(decay))
         self.decay = decay

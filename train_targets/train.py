@@ -16,6 +16,7 @@ from mia.cli.config import TRAIN_CONFIG_DIR, build_loggers, instantiate_group
 from mia.cli.console import quiet_libraries
 from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError, run_or_exit
+from mia.reporting.provenance import provenance
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget
@@ -84,6 +85,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "seconds": round(time.time() - started, 1),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": provenance(device=str(trainer.strategy.root_device), split=split),
     }
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia.attacks.base import Attack
 from mia.attacks.noise_aggregation import NoiseAggregation
+from mia.cli.checks import check_run
 from mia.cli.config import ATTACK_CONFIG_DIR, build, build_loggers
 from mia.cli.console import quiet_libraries
 from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
@@ -28,6 +29,7 @@ from mia.evaluation.result import AttackResult
 from mia.reporting.console import format_metrics
 from mia.reporting.figures import plot_timestep_profile
 from mia.reporting.files import OUTPUT_FILES, write_outputs
+from mia.reporting.provenance import provenance
 from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
@@ -95,7 +97,8 @@ def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_
     wandb_dirs = []
     for logger in build_loggers(cfg.get("logger")):
         if isinstance(logger, WandbLogger):
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
+                                    "provenance": result.metrics.get("provenance")})
             log_to_wandb(logger, result, roc, evalset, figures, cfg.report.top_k)
             wandb_dirs.append(Path(logger.experiment.dir).parent)
             logger.experiment.finish()
@@ -115,6 +118,7 @@ def check_sections(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_sections(cfg)
+    check_run(cfg)  # every knob, the attack's keys, the device, the cache folder: before anything is read
     attack: Attack = build(cfg.attack, _convert_="all")
     if cfg.report.profile and not isinstance(attack, NoiseAggregation):
         raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
@@ -142,6 +146,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     outcome = apply(attack, values, labels, mask, protocol)
     result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
                           summarize(cfg, attack, scored_samples, scores, outcome, tuning), outcome.calibration)
+    used_split = split if evalset.record.get("labels") == "split.json" else None
+    result.metrics.update(evaluation_set=evalset.record,
+                          provenance=provenance(scores.device, target.identity, used_split))
     figures = {}
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,

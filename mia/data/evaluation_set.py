@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from mia.checks import require_integer
+from mia.data.duplicates import distinct_rows, separate_folders
 from mia.data.images import load_images
 from mia.data.pools import FolderPool
 from mia.data.registry import RECORD_KEYS, build_pool, loader_arguments
@@ -36,6 +38,7 @@ class EvaluationSet(Dataset):
         self.labels = labels.long()
         self.ids = ids
         self.keys = torch.tensor([sample_key(i) for i in ids], dtype=torch.int64)
+        self.record: dict[str, Any] = {}  # where the labels come from, whether checked, duplicates left out
 
     @functools.cached_property
     def digest(self) -> str:
@@ -71,18 +74,38 @@ class EvaluationSet(Dataset):
         return self.subset([*members[:n].tolist(), *nonmembers[:n].tolist()])
 
 
-def _first(ids: list[str], limit: int | None) -> list[str]:
-    if limit is None:
-        return ids
-    if not isinstance(limit, int) or limit < 1:
-        raise MiaError(f"data.max_members / data.max_nonmembers must be positive integers, got {limit!r}")
-    return ids[:limit]
+def _first(ids: list[str], limit: int | None, key: str = "data.max_members / data.max_nonmembers") -> list[str]:
+    require_integer(key, limit, minimum=1, optional=True)
+    return ids if limit is None else ids[:limit]
+
+
+def _distinct(images: torch.Tensor, members: list[str], nonmembers: list[str],
+              limits: tuple[int | None, int | None] = (None, None)) -> tuple[EvaluationSet, dict[str, Any]]:
+    """The evaluation set without exact duplicates (see mia.data.duplicates), then limited to the first N."""
+    ids = members + nonmembers
+    labels = [1] * len(members) + [0] * len(nonmembers)
+    keep, duplicates = distinct_rows(images, labels, ids)
+    kept_members = _first([ids[r] for r in keep if labels[r] == 1], limits[0], "data.max_members")
+    kept_nonmembers = _first([ids[r] for r in keep if labels[r] == 0], limits[1], "data.max_nonmembers")
+    if not kept_members or not kept_nonmembers:
+        raise MiaError("no members or no non-members are left once exact duplicates are left out; "
+                       "give images that differ")
+    row = {sample_id: i for i, sample_id in enumerate(ids)}
+    chosen = kept_members + kept_nonmembers
+    values = torch.cat([torch.ones(len(kept_members)), torch.zeros(len(kept_nonmembers))])
+    rows = images if chosen == ids else images[[row[i] for i in chosen]]  # no copy when nothing is left out
+    return EvaluationSet(rows, values, chosen), duplicates
 
 
 def from_split(
-    split: Split, root: str | None = None, max_members: int | None = None, max_nonmembers: int | None = None
+    split: Split, root: str | None = None, max_members: int | None = None, max_nonmembers: int | None = None,
+    allow_unverified: bool = False,
 ) -> EvaluationSet:
-    """Rebuild the split's members and non-members from their dataset, after checking its fingerprint."""
+    """Rebuild the split's members and non-members from their dataset, after checking its fingerprint.
+
+    Exact duplicates are left out (mia.data.duplicates). When the split was checked for them as it was drawn
+    and the fingerprint vouches for the bytes, only the attacked samples are decoded; otherwise all are.
+    """
     if not split.dataset.get("name") and "_target_" not in split.dataset:
         raise MiaError("split.json does not say how to load its dataset; give data.members and data.nonmembers")
     data = loader_arguments({k: v for k, v in split.dataset.items() if k not in RECORD_KEYS})
@@ -104,28 +127,47 @@ def from_split(
     except OSError as err:
         raise MiaError(f"cannot read the dataset at {data.get('root')}: {err}") from err
     digest = fingerprint(all_ids, [raw[i] for i in all_ids])
-    if split.dataset.get("fingerprint") and digest != split.dataset["fingerprint"]:
-        raise MiaError(
-            f"the images at {data.get('root', data.get('name'))} differ from those the target was trained on "
-            "(fingerprint mismatch); membership labels would be wrong. Pass data.root=<the original dataset>"
-        )
-    members, nonmembers = _first(split.members, max_members), _first(split.nonmembers, max_nonmembers)
+    where = str(data.get("root", data.get("name")))
+    verified = split.verify(digest, where, allow_unverified)
+    checked_when_drawn = verified and bool(split.duplicates)
+    members = _first(split.members, max_members, "data.max_members") if checked_when_drawn else split.members
+    nonmembers = (_first(split.nonmembers, max_nonmembers, "data.max_nonmembers") if checked_when_drawn
+                  else split.nonmembers)
     chosen = members + nonmembers
     images, _ = load_images(pool, [position[i] for i in chosen], [raw[i] for i in chosen])
-    labels = torch.cat([torch.ones(len(members)), torch.zeros(len(nonmembers))])
-    return EvaluationSet(images, labels, members + nonmembers)
+    evalset, duplicates = _distinct(images, members, nonmembers, (max_members, max_nonmembers))
+    evalset.record = {
+        "labels": "split.json",
+        "labels_verified": verified,
+        "verification": f"fingerprint {digest} matches split.json" if verified
+        else "split.json has no fingerprint (data.allow_unverified=true): labels UNVERIFIED",
+        "duplicates": duplicates,
+    }
+    return evalset
 
 
 def from_folders(members_dir: str, nonmembers_dir: str, image_size: int, channels: int) -> EvaluationSet:
-    """Members and non-members from two image folders (resized and centre-cropped to ``image_size``)."""
+    """Members and non-members from two image folders (resized and centre-cropped to ``image_size``).
+
+    The folders must not share a file (the same, nested or overlapping folders are refused); exact duplicate
+    images are left out (mia.data.duplicates).
+    """
     parts = []
-    for prefix, folder in (("members", members_dir), ("nonmembers", nonmembers_dir)):
-        pool = FolderPool(folder, image_size, channels, name=prefix)
+    pools = [FolderPool(folder, image_size, channels, name=prefix)
+             for prefix, folder in (("members", members_dir), ("nonmembers", nonmembers_dir))]
+    separate_folders(*pools)
+    for pool in pools:
         images, _ = load_images(pool, range(len(pool)))
-        parts.append((images, [f"{prefix}/{i}" for i in pool.ids]))
+        parts.append((images, [f"{pool.name}/{i}" for i in pool.ids]))
     (mem_images, mem_ids), (non_images, non_ids) = parts
-    labels = torch.cat([torch.ones(len(mem_ids)), torch.zeros(len(non_ids))])
-    return EvaluationSet(torch.cat([mem_images, non_images]), labels, mem_ids + non_ids)
+    evalset, duplicates = _distinct(torch.cat([mem_images, non_images]), mem_ids, non_ids)
+    evalset.record = {
+        "labels": "folders (data.members, data.nonmembers)",
+        "labels_verified": False,
+        "verification": "the labels are the folders given; nothing records what the target was trained on",
+        "duplicates": duplicates,
+    }
+    return evalset
 
 
 def evaluation_set_for(data: Mapping[str, Any], image_shape: tuple[int, int, int], split: Split | None,
@@ -140,7 +182,8 @@ def evaluation_set_for(data: Mapping[str, Any], image_shape: tuple[int, int, int
             raise MiaError("give both data.members and data.nonmembers (folders of images), or neither")
         evalset = from_folders(data["members"], data["nonmembers"], data.get("image_size") or height, channels)
     elif split is not None:
-        evalset = from_split(split, data.get("root"), data.get("max_members"), data.get("max_nonmembers"))
+        evalset = from_split(split, data.get("root"), data.get("max_members"), data.get("max_nonmembers"),
+                             allow_unverified=data.get("allow_unverified") is True)
     else:
         raise MiaError(
             f"{target_name} has no split.json, so members cannot be told from non-members; "
