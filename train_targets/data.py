@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -36,6 +37,7 @@ class MemberDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         probe_size: int = 128,
+        indices: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -47,6 +49,7 @@ class MemberDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.probe_size = probe_size
+        self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
@@ -54,7 +57,7 @@ class MemberDataModule(L.LightningDataModule):
     def prepare(self) -> Split:
         """Draw the split and decode its images (once); raises MiaError on any bad input."""
         if self.split is None:
-            member_idx, nonmember_idx = make_split(len(self.pool), *self.sizes, seed=self.seed)
+            member_idx, nonmember_idx = self.indices or make_split(len(self.pool), *self.sizes, seed=self.seed)
             self.members, self.nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
             dataset = dict(self.data_config, fingerprint=digest, pool_size=len(self.pool))
             self.split = Split(
