@@ -193,8 +193,15 @@ def test_it_computes_what_diffusers_ddpm_unet_computes():
             np.testing.assert_allclose(model(x, steps).numpy(), unet(x, steps).sample.numpy(), atol=2e-5, rtol=1e-4)
 
 
+def test_the_preset_needs_a_checkpoint_and_has_every_module_key(tmp_path: Path):
+    cfg = compose_config("attack", ["target=pytorch_ddpm"], tmp_path)
+    module_cfg = compose_config("attack", ["target=module"], tmp_path)
+    assert set(cfg.target) == set(module_cfg.target)  # pytorch_ddpm.yaml repeats base/module.yaml's keys
+    with pytest.raises(MiaError, match="target.weights is not set"):
+        load_target(cfg.target, cfg.data)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["target.weights=???"], "target.weights is not set"),
     (["target.module.attn=[2]"], r"target.module.attn=\[2\] names levels outside ch_mult's 0..1"),
     (["target.module.ch=8"], r"time_embedding.timembedding.0.weight is \[1000, 16\] in the file but \[1000, 8\]"),
     (["target.weights_key=optim"], r"'state' is a dict, not a tensor"),
