@@ -72,13 +72,14 @@ def pytorch_ddpm_checkpoint(path: Path, seed: int = 0, **arch) -> dict:
     return checkpoint
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> tuple[Path, dict]:
-    path = tmp_path / "ckpt.pt"
-    content = pytorch_ddpm_checkpoint(path)
-    write_images(tmp_path / "in", 3, (8, 8), seed=0)
-    write_images(tmp_path / "out", 3, (8, 8), seed=1)
-    return path, content
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One small checkpoint (and 3 + 3 images beside it) for the tests of this file, which only read it."""
+    folder = tmp_path_factory.mktemp("pytorch_ddpm")
+    content = pytorch_ddpm_checkpoint(folder / "ckpt.pt")
+    write_images(folder / "in", 3, (8, 8), seed=0)
+    write_images(folder / "out", 3, (8, 8), seed=1)
+    return folder / "ckpt.pt", content
 
 
 def small_target(path: Path, tmp_path: Path, *overrides: str) -> DiffusionTarget:
@@ -103,8 +104,8 @@ def test_a_checkpoint_loads_its_ema_weights(checkpoint, tmp_path: Path):
 def test_every_attack_runs_on_a_checkpoint_with_counted_queries(checkpoint, tmp_path: Path):
     path, _ = checkpoint
     target = small_target(path, tmp_path)
-    cfg = compose_config("attack", ["target.path=x", f"data.members={tmp_path}/in",
-                                    f"data.nonmembers={tmp_path}/out"], tmp_path)
+    cfg = compose_config("attack", ["target.path=x", f"data.members={path.parent}/in",
+                                    f"data.nonmembers={path.parent}/out"], tmp_path)
     evalset = evaluation_set_for(cfg.data, target.image_shape, None, "ckpt")
     for attack, queries in ((NoiseAggregation(), 5), (LossAttack(), 1), (PIA(), 2), (PIAN(), 2), (SecMI(), 12),
                             (SimA(), 1)):
@@ -197,7 +198,7 @@ def test_the_preset_needs_a_checkpoint_and_has_every_module_key(tmp_path: Path):
     cfg = compose_config("attack", ["target=pytorch_ddpm"], tmp_path)
     module_cfg = compose_config("attack", ["target=module"], tmp_path)
     assert set(cfg.target) == set(module_cfg.target)  # pytorch_ddpm.yaml repeats base/module.yaml's keys
-    with pytest.raises(MiaError, match="target.weights is not set"):
+    with pytest.raises(MiaError, match=r"target\.weights is not set"):
         load_target(cfg.target, cfg.data)
 
 
