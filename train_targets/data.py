@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mia.data.duplicates import draw_distinct_split
+from mia.data.duplicates import distinct_rows, draw_distinct_split
+from mia.data.images import load_split_images
 from mia.data.pools import ImagePool
 from mia.data.split import Split
 from mia.errors import MiaError
@@ -36,6 +38,7 @@ class MemberDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         probe_size: int = 128,
+        indices: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -47,6 +50,7 @@ class MemberDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.probe_size = probe_size
+        self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
@@ -54,14 +58,34 @@ class MemberDataModule(L.LightningDataModule):
     def prepare(self) -> Split:
         """Draw the split and decode its images (once); raises MiaError on any bad input."""
         if self.split is None:
-            # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
-            self.split, self.members, self.nonmembers = draw_distinct_split(self.pool, self.data_config,
-                                                                            *self.sizes, seed=self.seed)
+            if self.indices is not None:
+                self.split, self.members, self.nonmembers = self._given_split(*self.indices)
+            else:
+                # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
+                self.split, self.members, self.nonmembers = draw_distinct_split(self.pool, self.data_config,
+                                                                                *self.sizes, seed=self.seed)
             log.info(
                 "split of %s: %d members, %d non-members (pool %d, seed %d)",
                 self.pool.name, len(self.split.members), len(self.split.nonmembers), len(self.pool), self.seed,
             )
         return self.split
+
+    def _given_split(self, member_idx, nonmember_idx) -> tuple[Split, torch.Tensor, torch.Tensor]:
+        """A split given by its indices (split.import_from), kept exactly as given.
+
+        Exact duplicates inside it are recorded in split.json (and left out at attack time, members
+        first), never moved between members and non-members: the file is the literature's split.
+        """
+        members, nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
+        member_ids = [self.pool.ids[int(i)] for i in member_idx]
+        nonmember_ids = [self.pool.ids[int(i)] for i in nonmember_idx]
+        _, duplicates = distinct_rows(torch.cat([members, nonmembers]),
+                                      [1] * len(member_ids) + [0] * len(nonmember_ids), member_ids + nonmember_ids)
+        split = Split(members=member_ids, nonmembers=nonmember_ids, seed=self.seed,
+                      dataset=dict(self.data_config, fingerprint=digest, pool_size=len(self.pool)),
+                      duplicates=duplicates)
+        split.check()
+        return split, members, nonmembers
 
     def setup(self, stage: str) -> None:
         self.prepare()

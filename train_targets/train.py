@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia.cli.config import TRAIN_CONFIG_DIR, build_loggers, instantiate_group
 from mia.cli.console import quiet_libraries
+from mia.data.literature import imported_indices
 from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError, run_or_exit
 from mia.reporting.provenance import provenance
@@ -51,6 +52,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         probe_size=cfg.probe_size,
+        indices=imported_indices(cfg.split, pool),  # split.import_from: the literature's split file
     )
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 

@@ -33,7 +33,7 @@ from mia.reporting.provenance import provenance
 from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
-from mia.targets.loading import load_target
+from mia.targets.loading import describe_target, load_target
 from mia.tuning.grid import Tuning, tune
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ def summarize(cfg: DictConfig, attack: Attack, scored_samples: int, scores: Scor
     return {
         "attack": attack.name,
         "settings": attack.settings(),
-        "target": str(Path(cfg.target.path).expanduser().resolve()),
+        "target": describe_target(cfg.target),
         "target_kind": cfg.target.kind,
-        "target_checkpoint": cfg.target.checkpoint,
+        "target_checkpoint": cfg.target.get("checkpoint"),
         **outcome.metrics,
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
         **({"tuning": tuning.record()} if tuning is not None else {}),
@@ -102,7 +102,7 @@ def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_
             log_to_wandb(logger, result, roc, evalset, figures, cfg.report.top_k)
             wandb_dirs.append(Path(logger.experiment.dir).parent)
             logger.experiment.finish()
-    log.info("results of %s on %s:\n%s", result.attack, cfg.target.path, format_metrics(result.metrics))
+    log.info("results of %s on %s:\n%s", result.attack, describe_target(cfg.target), format_metrics(result.metrics))
     log.info("files: %s (%s)", out_dir, ", ".join(OUTPUT_FILES))
     for run_dir in wandb_dirs:
         log.info("W&B run (offline): %s; upload with `make sync` or `wandb sync %s`", run_dir, run_dir)
@@ -123,8 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile and not isinstance(attack, NoiseAggregation):
         raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
-    log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,
+    evalset = evaluation_set_for(cfg.data, target.image_shape, split, describe_target(cfg.target))
+    log.info("attack %s on %s: %d members, %d non-members", attack.name, describe_target(cfg.target),
              evalset.n_members, len(evalset) - evalset.n_members)
     protocol = protocol_of(cfg, attack)
     settings = scoring_settings(cfg)

@@ -7,6 +7,7 @@ docs/architecture.md, "add a target kind").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -18,13 +19,17 @@ from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 from mia.targets.checkpoint import load_checkpoint_target
 from mia.targets.memorizer import memorizing_target
+from mia.targets.module import describe, load_module_kind, refuse_module_keys
 from mia.targets.pipeline import load_pipeline_target, load_split
 
-KINDS = ("pipeline", "memorizer")
+KINDS = ("pipeline", "memorizer", "module")
 
 
 def load_target(target: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[DiffusionTarget, Split | None]:
     """The target of ``target.kind`` and the split in ``target.path`` (None when the folder has none)."""
+    if target.get("kind") == "module":
+        return load_module_kind(target)
+    refuse_module_keys(target)
     missing = OmegaConf.is_config(target) and OmegaConf.is_missing(target, "path")
     if missing or not target.get("path"):
         raise MiaError("target.path is not set; pass target.path=<folder exported by mia-train>")
@@ -38,6 +43,13 @@ def load_target(target: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Dif
     if kind == "memorizer":
         model = _memorizer_of(split, model, data)
     return model, split
+
+
+def describe_target(target: Mapping[str, Any]) -> str:
+    """What was attacked, for reports and messages: the folder, or (kind module) the weights file or factory."""
+    if target.get("kind") == "module":
+        return describe(target)
+    return str(Path(target["path"]).expanduser().resolve())
 
 
 def _memorizer_of(split: Split | None, model: DiffusionTarget, data: Mapping[str, Any]) -> DiffusionTarget:
