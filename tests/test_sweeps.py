@@ -125,7 +125,8 @@ def test_launcher_configs_compose(launcher: str, target: str):
     assert cfg.hydra.launcher._target_ == target
 
 
-@pytest.mark.parametrize("preset", ["sweep_na_t_noise", "sweep_na_k_m", "sweep_na_statistic", "compare_attacks"])
+@pytest.mark.parametrize("preset", ["sweep_na_t_noise", "sweep_na_k_m", "sweep_na_statistic", "compare_attacks",
+                                    "compare_attacks_t2i"])
 def test_sweep_presets_compose(preset: str):
     with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", overrides=["target.path=x", f"experiment={preset}"], return_hydra_config=True)

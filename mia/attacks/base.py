@@ -29,6 +29,9 @@ class Attack(ABC):
     # ``fit(features, labels)`` fits on the calibration part only (and returns what it chose), then
     # ``aggregate(features)`` scores every sample. Fitted attacks are cacheable too.
     fitted: ClassVar[bool] = False
+    # Classifier-free guidance of conditional targets, applied inside the target's noise prediction (1 = the
+    # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
+    guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
 
     @abstractmethod
     def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:

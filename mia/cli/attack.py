@@ -30,6 +30,7 @@ from mia.reporting.files import OUTPUT_FILES, write_outputs
 from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
+from mia.targets.base import DiffusionTarget
 from mia.targets.loading import load_target
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ def summarize(cfg: DictConfig, attack: Attack, evalset: EvaluationSet, scores: S
     }
 
 
+def other_passes(target: DiffusionTarget, n: int) -> dict[str, Any]:
+    """The target's conditioning and its VAE / text-encoder passes this run, apart from the denoiser's queries."""
+    passes = {f"{name}_per_sample": _tidy(count / n) for name, count in target.passes().items()}
+    return {"conditioning": target.conditioning or "none", **passes}
+
+
 def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_figures: dict[str, Path]) -> None:
     """The run's files, its W&B run, and the results table in the log."""
     out_dir = Path(cfg.paths.output_dir)
@@ -110,7 +117,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile and not isinstance(attack, NoiseAggregation):
         raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
+    target.check_guidance(attack.guidance_scale)
+    attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    evalset = evaluation_set_for(cfg.data, target.image_shape_for(cfg.data.get("image_size")), split,
+                                 str(cfg.target.path), target.conditioning, stream=target.is_latent)
     log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,
              evalset.n_members, len(evalset) - evalset.n_members)
     protocol = protocol_of(cfg, attack)
@@ -118,8 +128,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scores = score(attack, target, evalset, settings)
     labels = evalset.labels.numpy()
     outcome = apply(attack, scores.values, evalset.ids, labels, protocol)
-    result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
-                          summarize(cfg, attack, evalset, scores, outcome), outcome.calibration)
+    metrics = {**summarize(cfg, attack, evalset, scores, outcome), **other_passes(target, len(evalset))}
+    result = AttackResult(attack.name, evalset.ids, labels, outcome.scores, metrics, outcome.calibration)
     figures = {}
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,
