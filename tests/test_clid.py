@@ -157,6 +157,12 @@ def test_both_scores_find_the_members_of_a_text_memorizer(sd, tiny_sd, captioned
         assert outcome.metrics["auc"] == 1.0, make.name  # higher = member, on the evaluation part
 
 
+def test_clid_refuses_a_batch_of_empty_prompts(sd):
+    x0 = torch.zeros(2, *sd.sample_shape)
+    with pytest.raises(MiaError, match="every caption of the batch is empty"):
+        CLiDThreshold().collect(sd, x0, SampleNoise(torch.arange(2), 0), sd.conditions({"caption": ["", ""]}))
+
+
 class _Text:
     """Just enough of a text-conditional target for ``check``."""
 
