@@ -16,6 +16,14 @@ class MiaError(Exception):
     """A problem with the user's input or environment, with a message saying what to do about it."""
 
 
+class NotApplicable(MiaError):
+    """An attack that does not apply to this kind of target (CLiD on an unconditional model, say).
+
+    A single run refuses it like any bad input; in a sweep such as ``experiment=compare_attacks`` the job is
+    marked skipped, not failed, so one comparison serves pixel and text-to-image targets alike.
+    """
+
+
 def in_multirun_job() -> bool:
     """Whether this process runs a job of a Hydra multirun (a sweep)."""
     from hydra.core.hydra_config import HydraConfig
@@ -34,7 +42,9 @@ def run_or_exit(program: str, task: Callable[[C], T], cfg: C) -> T:
         return task(cfg)
     except MiaError as err:
         log.debug("bad input", exc_info=True)
-        print(f"{program}: error: {err}", file=sys.stderr)
-        if in_multirun_job():
+        multirun = in_multirun_job()
+        what = "skipped" if multirun and isinstance(err, NotApplicable) else "error"
+        print(f"{program}: {what}: {err}", file=sys.stderr)
+        if multirun:
             raise
         sys.exit(2)

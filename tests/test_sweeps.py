@@ -90,16 +90,21 @@ def test_the_summary_callback_records_failures_only_in_multiruns(tmp_path: Path)
     assert single.status == JobStatus.FAILED and not (tmp_path / "RUN/ZeroDivisionError/error.txt").exists()
 
 
-def test_comparing_every_attack_gives_six_rows_with_counted_queries(tiny_target: Path, tmp_path: Path):
-    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na,loss,pia,pian,secmi,sima")
-    assert process.returncode == 0, process.stderr[-3000:]
+def test_comparing_every_attack_on_a_pixel_target_skips_clid(tiny_target: Path, tmp_path: Path):
+    process = multirun(tmp_path, f"target.path={tiny_target}", "experiment=compare_attacks")
+    assert process.returncode == 0, process.stderr[-3000:]  # skipped is no failure
     rows = read_rows(tmp_path / "sweep" / "summary.csv")
-    assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima"]
-    assert [int(r["queries_per_sample"]) for r in rows] == [5, 1, 2, 2, 12, 1]
-    for row in rows:
+    assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima", "clid_th", "clid_vec"]
+    ran, skipped = rows[:6], rows[6:]
+    assert [int(r["queries_per_sample"]) for r in ran] == [5, 1, 2, 2, 12, 1]
+    for row in ran:
+        assert row["status"] == "ok"
         for key in ("auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "seconds"):
             assert row[key] != "", key
         assert json.loads(row["settings"])
+    for row in skipped:
+        assert row["status"].startswith("skipped: ") and "text-conditional" in row["status"]
+    assert "failed" not in process.stderr
     assert (tmp_path / "sweep" / "roc_overlay.png").stat().st_size > 0
 
 

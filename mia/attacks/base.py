@@ -30,6 +30,9 @@ class Attack(ABC):
     # ``fit(features, labels)`` fits on the calibration part only (and returns what it chose), then
     # ``aggregate(features)`` scores every sample. Fitted attacks are cacheable too.
     fitted: ClassVar[bool] = False
+    # Classifier-free guidance of conditional targets, applied inside the target's noise prediction (1 = the
+    # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
+    guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
 
     def __post_init__(self) -> None:
         """Each setting holds the type it is declared with: ``t=80.5`` is refused, never truncated to 80.
@@ -66,6 +69,10 @@ def _type_name(annotation: Any) -> str:
 def check_setting(name: str, value: Any, annotation: Any) -> None:
     """Refuse a setting of the wrong type, naming its key (``attack.<name>``); other annotations are left alone."""
     key, kind = f"attack.{name}", _type_name(annotation)
+    if kind.endswith(" | None"):  # an optional setting: None, or a value of the type
+        if value is None:
+            return
+        kind = kind.removesuffix(" | None")
     if kind == "int":
         require_integer(key, value, minimum=0 if name == "seed" else None)
     elif kind == "float":

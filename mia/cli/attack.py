@@ -33,6 +33,7 @@ from mia.reporting.provenance import provenance
 from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
+from mia.targets.base import DiffusionTarget
 from mia.targets.loading import describe_target, load_target
 from mia.tuning.grid import Tuning, tune
 
@@ -89,6 +90,12 @@ def summarize(cfg: DictConfig, attack: Attack, scored_samples: int, scores: Scor
     }
 
 
+def other_passes(target: DiffusionTarget, n: int) -> dict[str, Any]:
+    """The target's conditioning and its VAE / text-encoder passes this run, apart from the denoiser's queries."""
+    passes = {f"{name}_per_sample": _tidy(count / n) for name, count in target.passes().items()}
+    return {"conditioning": target.conditioning or "none", **passes}
+
+
 def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_figures: dict[str, Path]) -> None:
     """The run's files, its W&B run, and the results table in the log."""
     out_dir = Path(cfg.paths.output_dir)
@@ -123,7 +130,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile and not isinstance(attack, NoiseAggregation):
         raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, describe_target(cfg.target))
+    target.check_guidance(attack.guidance_scale)
+    attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    evalset = evaluation_set_for(cfg.data, target.image_shape_for(cfg.data.get("image_size")), split,
+                                 describe_target(cfg.target), target.conditioning, stream=target.is_latent)
     log.info("attack %s on %s: %d members, %d non-members", attack.name, describe_target(cfg.target),
              evalset.n_members, len(evalset) - evalset.n_members)
     protocol = protocol_of(cfg, attack)
@@ -145,7 +155,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         values, scored_samples = scores.values, len(evalset)
     outcome = apply(attack, values, labels, mask, protocol)
     result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
-                          summarize(cfg, attack, scored_samples, scores, outcome, tuning), outcome.calibration)
+                          {**summarize(cfg, attack, scored_samples, scores, outcome, tuning),
+                           **other_passes(target, scored_samples)}, outcome.calibration)
     used_split = split if evalset.record.get("labels") == "split.json" else None
     result.metrics.update(evaluation_set=evalset.record,
                           provenance=provenance(scores.device, target.identity, used_split))

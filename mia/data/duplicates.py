@@ -38,20 +38,22 @@ def pixel_digest(image: torch.Tensor) -> bytes:
     return digest.digest()
 
 
-def distinct_rows(images: torch.Tensor, labels: Sequence[int], ids: Sequence[str]) -> tuple[list[int], dict[str, Any]]:
+def distinct_rows(images: torch.Tensor | Sequence[bytes], labels: Sequence[int],
+                  ids: Sequence[str]) -> tuple[list[int], dict[str, Any]]:
     """The rows to keep (each distinct image once, members first) and the record of those left out.
 
+    ``images``: the decoded images, or their ``pixel_digest``s (a streamed set hashes them as it scans).
     A non-member equal to a member is left out (it is not a non-member of that model); a repeated member or
     non-member is left out too, so that no image counts twice in the metrics and their intervals.
     """
+    digests = [pixel_digest(image) for image in images] if isinstance(images, torch.Tensor) else list(images)
     labels = [int(label) for label in labels]
     first_seen: dict[bytes, int] = {}
     left_out: dict[str, list[list[str]]] = {"nonmembers_equal_to_members": [], "repeated_members": [],
                                             "repeated_nonmembers": []}
     keep = []
     for row in sorted(range(len(ids)), key=lambda r: -labels[r]):  # members first, each group in order
-        key = pixel_digest(images[row])
-        kept = first_seen.setdefault(key, row)
+        kept = first_seen.setdefault(digests[row], row)
         if kept == row:
             keep.append(row)
             continue

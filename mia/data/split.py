@@ -1,9 +1,9 @@
 """Seeded member/non-member splits and their record, ``split.json``.
 
 The record names every member and non-member by id (relative file path for folder data, index otherwise),
-the seed, the dataset's configuration and a fingerprint of the sampled images' bytes. Attacks rebuild the
-evaluation set from it and refuse to run when the fingerprint no longer matches: a wrong membership label
-is data loss.
+the seed, the dataset's configuration and a fingerprint of the sampled images' bytes (and, for captioned
+data, of the captions, which the record also lists). Attacks rebuild the evaluation set from it and refuse
+to run when the fingerprint no longer matches: a wrong membership label is data loss.
 """
 
 from __future__ import annotations
@@ -58,11 +58,16 @@ def make_split(
     return order[:members], order[members : members + nonmembers]
 
 
-def fingerprint(ids: Sequence[str], contents: Sequence[bytes]) -> str:
-    """sha256 over each sample's id and the sha256 of its bytes, in order."""
+def fingerprint(ids: Sequence[str], contents: Sequence[bytes], captions: Sequence[str] | None = None) -> str:
+    """sha256 over each sample's id and the sha256 of its bytes (and of its caption, when given), in order.
+
+    Without captions the digest is the one uncaptioned splits have always recorded.
+    """
     digest = hashlib.sha256()
-    for sample_id, raw in zip(ids, contents, strict=True):
+    for row, (sample_id, raw) in enumerate(zip(ids, contents, strict=True)):
         digest.update(sample_id.encode() + b"\0" + hashlib.sha256(raw).digest())
+        if captions is not None:
+            digest.update(b"\0" + hashlib.sha256(captions[row].encode()).digest())
     return "sha256:" + digest.hexdigest()
 
 
@@ -77,6 +82,7 @@ class Split:
     format: str = SPLIT_FORMAT
     # The exact-duplicate check made when the split was drawn ({} = none was made: a split of mia 0.1).
     duplicates: dict[str, Any] = field(default_factory=dict)
+    captions: dict[str, str] | None = None  # id -> caption of every sample, for captioned data (None: none)
 
     def check(self) -> None:
         """Members and non-members must be distinct, non-empty and disjoint."""
@@ -90,6 +96,16 @@ class Split:
                 f"{len(overlap)} samples are both members and non-members (e.g. {sorted(overlap)[0]}); "
                 "the split record is corrupt"
             )
+        if self.captions is not None:
+            if not isinstance(self.captions, dict) or not all(isinstance(c, str) for c in self.captions.values()):
+                raise MiaError("the split's captions are not a map from sample id to text; the split record is corrupt")
+            ids = self.members + self.nonmembers
+            missing = [i for i in ids if i not in self.captions]
+            if missing or len(self.captions) != len(ids):
+                raise MiaError(
+                    f"the split's captions do not match its samples ({len(missing)} without a caption, "
+                    f"{len(self.captions) - len(ids) + len(missing)} for no sample); the split record is corrupt"
+                )
 
     def verify(self, digest: str, where: str, allow_unverified: bool = False) -> bool:
         """Whether the images (``digest``, their fingerprint now) are those the target was trained on.
@@ -122,6 +138,8 @@ class Split:
         lines = json.dumps(head, indent=1)[:-2]
         for key in ("members", "nonmembers"):
             lines += f',\n "{key}": {json.dumps(record[key])}'
+        if self.captions is not None:
+            lines += f',\n "captions": {json.dumps(self.captions)}'
         Path(path).write_text(lines + "\n}\n")
 
     @classmethod
@@ -141,6 +159,7 @@ class Split:
             dataset=record.get("dataset", {}),
             format=record.get("format", SPLIT_FORMAT),
             duplicates=record.get("duplicates", {}),
+            captions=record.get("captions"),  # records without captions: unconditional
         )
         split.check()
         return split

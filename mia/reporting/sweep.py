@@ -6,7 +6,8 @@ when one or two knobs were swept, a line plot or heatmaps of AUC and TPR@1%FPR. 
 
 A job that fails does not end the sweep (``keep_going``): its error line goes to ``error.txt`` in its
 folder and to the ``status`` column of ``summary.csv`` (``ok`` for the others), and the command exits
-with status 1 once every job has run.
+with status 1 once every job has run. A job whose attack does not apply to the target (``NotApplicable``:
+CLiD on a pixel model) is ``skipped: <why>`` (``skipped.txt``), which is no failure.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mia.errors import MiaError
+from mia.errors import MiaError, NotApplicable
 from mia.evaluation.metrics import roc_curve
 from mia.evaluation.result import AttackResult
 from mia.reporting.figures import plot_heatmap, plot_roc, plot_sweep_lines
@@ -42,6 +43,7 @@ METRIC_COLUMNS = (
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 FAILURE_FILE = "error.txt"  # in a failed job's folder: its error, one line
+SKIP_FILE = "skipped.txt"  # in the folder of a job whose attack does not apply to the target: why, one line
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -66,16 +68,19 @@ def _sorted_values(values: set[str]) -> list[str]:
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every attack job under the sweep root: its overrides, and its result or its error (``result`` None)."""
     jobs = []
-    folders = {p.parent for name in ("metrics.json", FAILURE_FILE) for p in sweep_dir.glob(f"*/{name}")}
+    names = ("metrics.json", FAILURE_FILE, SKIP_FILE)
+    folders = {p.parent for name in names for p in sweep_dir.glob(f"*/{name}")}
     for job_dir in sorted(folders, key=lambda p: (len(p.name), p.name)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
-        failure = job_dir / FAILURE_FILE
+        failure, skip = job_dir / FAILURE_FILE, job_dir / SKIP_FILE
+        error = (failure.read_text().strip() if failure.exists()
+                 else f"skipped: {skip.read_text().strip()}" if skip.exists() else None)
         jobs.append({
             "job": job_dir.name,
             "overrides": dict(_parse_override(o) for o in overrides),
-            "error": failure.read_text().strip() if failure.exists() else None,
-            "result": None if failure.exists() else AttackResult.load(job_dir),
+            "error": error,
+            "result": None if error is not None else AttackResult.load(job_dir),
         })
     return jobs
 
@@ -123,9 +128,9 @@ def write_summary(sweep_dir: Path) -> dict[str, Path]:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    if len(table) > (ran := sum(row["status"] == "ok" for row in table)):
-        log.warning("sweep: %d of %d jobs failed (status column of %s)", len(table) - ran, len(table),
-                    written["summary"])
+    failed = sum(row["status"] != "ok" and not row["status"].startswith("skipped") for row in table)
+    if failed:
+        log.warning("sweep: %d of %d jobs failed (status column of %s)", failed, len(table), written["summary"])
     # The pictures show the jobs that ran.
     jobs = [job for job in everything if job["result"] is not None]
     rows = [row for row in table if row["status"] == "ok"]
@@ -190,16 +195,21 @@ class SweepSummary(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:  # a rerun into the same sweep folder starts clean
-            (Path(config.hydra.runtime.output_dir) / FAILURE_FILE).unlink(missing_ok=True)
+            for name in (FAILURE_FILE, SKIP_FILE):
+                (Path(config.hydra.runtime.output_dir) / name).unlink(missing_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
             return
         error = job_return._return_value  # the exception (reading .return_value would raise it)
         line = _error_line(error)
-        (Path(config.hydra.runtime.output_dir) / FAILURE_FILE).write_text(line + "\n")
+        skipped = isinstance(error, NotApplicable)
+        (Path(config.hydra.runtime.output_dir) / (SKIP_FILE if skipped else FAILURE_FILE)).write_text(line + "\n")
         trace = None if isinstance(error, MiaError) else error  # a bug's traceback goes to the job's log
-        log.error("job %s failed: %s", config.hydra.job.num, line, exc_info=trace)
+        if skipped:
+            log.info("job %s skipped: %s", config.hydra.job.num, line)
+        else:
+            log.error("job %s failed: %s", config.hydra.job.num, line, exc_info=trace)
         if self.keep_going:
             job_return.status = JobStatus.COMPLETED  # so that the sweeper goes on; the failure is on disk
             job_return.return_value = None

@@ -45,9 +45,9 @@ class AttackModule(L.LightningModule):
 
     def _compute(self, batch: dict[str, Any]) -> torch.Tensor:
         # Encoded and conditioned once per batch; every step of the attack reuses them.
-        x0 = self.target.encode(to_model_range(batch["image"]))
-        cond = self.target.conditions(batch)
         noise = SampleNoise(batch["key"], getattr(self.attack, "seed", 0))
+        x0 = self.target.encode(to_model_range(batch["image"]), noise)  # a latent draw takes the sample's noise
+        cond = self.target.conditions(batch, self.attack.guidance_scale)
         if self.attack.cacheable or self.attack.fitted:
             return self.attack.collect(self.target, x0, noise, cond)
         return self.attack.score(self.target, x0, noise, cond)
