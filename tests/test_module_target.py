@@ -141,7 +141,7 @@ def test_a_users_unet_in_their_file_scores_as_the_same_diffusers_unet(project: P
     # The same weights as a diffusers UNet2DModel, driven by hand in the model's conventions: x0 in [0, 1].
     cfg = attack_cfg(project / "reference", "target.path=pipeline", "attack=na", "cache.enabled=false")
     reference = load_pipeline_target(project / "pipeline")
-    reference.encode = lambda images: (images + 1) / 2
+    reference.encode = lambda images, noise=None: (images + 1) / 2
     evalset = evaluation_set_for(cfg.data, reference.image_shape, None, "reference")
     expected = score(NoiseAggregation(), reference, evalset, scoring_settings(cfg)).values
     np.testing.assert_array_equal(read_scores(project / "run" / "scores.csv"), expected)

@@ -1,4 +1,4 @@
-"""The papers' reported numbers (METHOD.md §5), each with its source: what a reproduction is compared with.
+"""The papers' reported numbers (docs/method.md, "Published numbers"), each with its source.
 
 Paper scale (CIFAR-10: the 35.7 M DDPM of pytorch-ddpm on the SecMI/PIA 25 k / 25 k split). For orientation,
 never for tuning. Rates are fractions here (the papers print TPRs in percent); None: the paper gives none.

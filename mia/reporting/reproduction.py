@@ -50,7 +50,7 @@ def reproduction_rows(sweep_dir: Path, dataset: str) -> list[dict[str, Any]]:
             if key == "asr":
                 row["asr_calibrated"] = metrics.get("asr_calibrated")
         row.update(n_members=metrics.get("n_members"), n_nonmembers=metrics.get("n_nonmembers"),
-                   source=paper.source if paper else "none in METHOD.md §5",
+                   source=paper.source if paper else "none in docs/method.md",
                    settings=json.dumps(metrics.get("settings", {}), sort_keys=True))
         rows.append(row)
     return rows
@@ -77,7 +77,7 @@ def format_table(rows: list[dict[str, Any]], dataset: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     sizes = {(r["n_members"], r["n_nonmembers"]) for r in rows}
     members, nonmembers = sizes.pop() if len(sizes) == 1 else ("?", "?")
-    return (f"Measured / published ({dataset}; published at paper scale, METHOD.md §5), on {members} members and "
+    return (f"Measured / published ({dataset}; published at paper scale, docs/method.md), on {members} members and "
             f"{nonmembers} non-members:\n\n" + "\n".join(lines) + "\n")
 
 

@@ -1,6 +1,6 @@
 """Latent text-to-image pipelines (the ``StableDiffusionPipeline`` folder format) as targets.
 
-x0 is the VAE latent times ``vae.config.scaling_factor`` (METHOD.md, notation); the condition is the
+x0 is the VAE latent times ``vae.config.scaling_factor`` (docs/method.md, "Notation"); the condition is the
 CLIP text embedding of each sample's caption. ``encode`` (the VAE) and the text encoder run once per
 sample per batch and are counted apart from the denoiser's queries.
 """

@@ -73,8 +73,11 @@ class ModuleTarget(DiffusionTarget):
         super().__init__(*args, **kwargs)
         self.zero_one = zero_one
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> x0 in the model's range; the attacks then noise and denoise in that space."""
+    def encode(self, images: torch.Tensor, noise: Any = None) -> torch.Tensor:
+        """Images in [-1, 1] -> x0 in the model's range; the attacks then noise and denoise in that space.
+
+        ``noise`` (the latent draw of latent targets) is unused: a pixel model's x0 is the image itself.
+        """
         return (images + 1) / 2 if self.zero_one else images
 
 
