@@ -34,7 +34,7 @@ def load_target(target: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Dif
     model = load_pipeline_target(target["path"])
     split = load_split(target["path"])
     if target.get("checkpoint"):
-        model = load_checkpoint_target(target["checkpoint"])
+        model = load_checkpoint_target(target["checkpoint"], split)
     if kind == "memorizer":
         model = _memorizer_of(split, model, data)
     return model, split
