@@ -18,8 +18,6 @@ from mia.errors import MiaError
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMESTEPS = 1000  # the probe's timesteps are drawn from [0, PROBE_TIMESTEPS)
-
 
 class MemberDataModule(L.LightningDataModule):
     """Trains on the members of a seeded split; validates on a fixed probe of members and non-members.
@@ -110,8 +108,15 @@ class MemberDataModule(L.LightningDataModule):
         # not drowned by which samples happened to draw a small (hard) timestep.
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((n, *images.shape[1:]), generator=generator).repeat(2, 1, 1, 1)
-        timesteps = torch.randint(0, PROBE_TIMESTEPS, (n,), generator=generator).repeat(2)
+        timesteps = torch.randint(0, self._num_timesteps(), (n,), generator=generator).repeat(2)
         return DataLoader(TensorDataset(images, labels, noise, timesteps), batch_size=self.batch_size)
+
+    def _num_timesteps(self) -> int:
+        """The length of the model's noise schedule: the probe's timesteps are drawn from [0, that)."""
+        scheduler = getattr(self.trainer.lightning_module, "noise_scheduler", None) if self.trainer else None
+        if scheduler is None:
+            raise MiaError("the validation probe needs the model's noise_scheduler (diffusers) to draw its timesteps")
+        return int(scheduler.config.num_train_timesteps)
 
     def state_dict(self) -> dict[str, Any]:
         split = self.prepare()

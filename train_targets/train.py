@@ -78,7 +78,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     steps = trainer.global_step
     info = {
         "steps": steps,
-        "epochs": steps * min(cfg.batch_size, len(split.members)) / len(split.members),
+        # Under DDP each optimizer step takes one batch on every rank.
+        "epochs": steps * min(cfg.batch_size, len(split.members)) * trainer.world_size / len(split.members),
         "batch_size": cfg.batch_size,
         "members": len(split.members),
         "nonmembers": len(split.nonmembers),

@@ -42,7 +42,7 @@ def load_target(target: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[Dif
     if target.get("checkpoint"):
         if model.is_latent:
             raise MiaError("target.checkpoint holds a pixel model's weights; it cannot replace a latent pipeline's")
-        model = load_checkpoint_target(target["checkpoint"])
+        model = load_checkpoint_target(target["checkpoint"], split)
     if kind == "memorizer":
         model = _memorizer_of(split, model, data)
     return model, split
