@@ -1,4 +1,4 @@
-"""The baselines against direct hand computations of their formulas on a tiny UNet (METHOD.md §2)."""
+"""The baselines against direct hand computations of their formulas on a tiny UNet (docs/method.md, "the baselines")."""
 
 from __future__ import annotations
 

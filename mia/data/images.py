@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from mia.data.captions import captions_of
 from mia.data.pools import ImagePool
@@ -29,7 +29,8 @@ def load_images(
             raw = pool.read(index) if raws is None else raws[row]
             image = pool.decode(raw)
             images[row] = pool.transform(image)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as err:  # a bomb: more pixels than PIL's limit, refused unread
             raise MiaError(
                 f"cannot read image {pool.describe(index)} ({err.__class__.__name__}: {err}); "
                 "remove or replace that file"

@@ -14,6 +14,13 @@ SCALARS = (
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A small aligned table of the headline numbers, with their intervals where there are some."""
     rows = []
+    if metrics.get("n_calibration"):
+        rows.append(f"  {'n_calibration':<20} {metrics['n_calibration']} (set aside; the numbers below are the rest)")
+    if "tuning" in metrics:
+        tuning = metrics["tuning"]
+        chosen = ", ".join(f"{k}={v}" for k, v in tuning["chosen"].items())
+        rows.append(f"  {'tuned':<20} {chosen} ({tuning['criterion']} {tuning['calibration_value']:.4f} on "
+                    f"calibration, {tuning['calibration_queries']} queries)")
     for key in ("attack", "n_members", "n_nonmembers", *SCALARS):
         if key in metrics:
             value = metrics[key]

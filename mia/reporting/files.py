@@ -12,13 +12,16 @@ OUTPUT_FILES = ("metrics.json", "scores.csv", "roc.png", "scores_histogram.png")
 
 
 def write_outputs(result: AttackResult, roc: ROC, directory: str | Path) -> dict[str, Path]:
-    """``metrics.json``, ``scores.csv``, ``roc.png`` (linear + log-log) and ``scores_histogram.png``."""
+    """``metrics.json``, ``scores.csv``, ``roc.png`` (linear + log-log) and ``scores_histogram.png``.
+
+    The pictures show the evaluation rows, as the metrics do (``roc`` is theirs).
+    """
     directory = Path(directory)
     result.save(directory)
     paths = {"roc": directory / "roc.png", "histogram": directory / "scores_histogram.png"}
     auc = result.metrics.get("auc", float("nan"))
     plot_roc([(f"{result.attack} (AUC {auc:.3f})", roc)], title=result.attack).savefig(paths["roc"], dpi=120)
-    plot_score_histogram(result.scores, result.labels, title=f"{result.attack} scores").savefig(
+    plot_score_histogram(*result.evaluation_part(), title=f"{result.attack} scores").savefig(
         paths["histogram"], dpi=120
     )
     return paths

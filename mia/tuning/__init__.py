@@ -1,0 +1,1 @@
+"""Tuning an attack's knobs on the calibration part only (``tune=<grid>``)."""

@@ -1,0 +1,103 @@
+"""Tuning an attack's knobs on the calibration part: a grid, a criterion, one winner.
+
+Every setting of the grid is scored on the calibration samples only; the criterion (AUC or TPR@1%FPR) is
+measured there; the best setting (the first in grid order among ties) is then run once on the evaluation
+samples. The evaluation samples are never scored while choosing, so they cannot influence the choice.
+Predictions are cached as usual, so settings that share predictions (NA's statistic) cost them once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mia.attacks.base import Attack
+from mia.data.evaluation_set import EvaluationSet
+from mia.errors import MiaError
+from mia.evaluation.metrics import FPR_TARGETS, auc, roc_curve, tpr_at_fpr
+from mia.scoring.engine import ScoringSettings, score
+from mia.targets.base import DiffusionTarget
+
+log = logging.getLogger(__name__)
+
+CRITERIA = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+
+
+@dataclass
+class Tuning:
+    """The winner and how it was found."""
+
+    attack: Attack  # the chosen setting
+    criterion: str
+    chosen: dict[str, Any]  # the winning knob values
+    value: float  # the criterion on the calibration part
+    queries: int  # sample-forwards the grid costs on the calibration part (shared predictions counted once)
+    calibration_scores: np.ndarray  # the winner's scores of the calibration samples
+    table: list[dict[str, Any]] = field(default_factory=list)  # every setting: knobs, criterion value or skip
+
+    def record(self) -> dict[str, Any]:
+        """What metrics.json keeps of the tuning."""
+        return {"criterion": self.criterion, "chosen": self.chosen, "calibration_value": self.value,
+                "calibration_queries": self.queries, "grid": self.table}
+
+
+def grid_settings(attack: Attack, grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in order; knobs must be the attack's own."""
+    if not grid:
+        raise MiaError("tune.grid is empty; give at least one knob with its values, e.g. tune.grid.t=[40,80]")
+    fields = {f.name for f in dataclasses.fields(attack)}
+    for knob, values in grid.items():
+        if knob not in fields:
+            raise MiaError(f"tune.grid.{knob} is not a knob of {attack.name}; its knobs are "
+                           f"{', '.join(sorted(fields))}")
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise MiaError(f"tune.grid.{knob} must be a non-empty list of values, got {values!r}")
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def criterion_value(scores: np.ndarray, labels: np.ndarray, criterion: str) -> float:
+    roc = roc_curve(scores, labels)
+    return auc(roc) if criterion == "auc" else tpr_at_fpr(roc, FPR_TARGETS[criterion])
+
+
+def tune(attack: Attack, grid: Mapping[str, Sequence[Any]], criterion: str, target: DiffusionTarget,
+         calibration: EvaluationSet, settings: ScoringSettings) -> Tuning:
+    """Score every grid setting on ``calibration`` and return the best by ``criterion``."""
+    if criterion not in CRITERIA:
+        raise MiaError(f"tune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if attack.fitted:
+        raise MiaError(f"{attack.name} fits its own score on the calibration part; tune= applies to attacks "
+                       "that fit nothing")
+    labels = calibration.labels.numpy()
+    best: tuple[float, Attack, dict[str, Any], np.ndarray] | None = None
+    table, queries, made = [], 0, set()
+    for setting in grid_settings(attack, grid):
+        candidate = dataclasses.replace(attack, **setting)  # __post_init__ validates each value
+        fits = getattr(candidate, "fits", None)
+        if fits is not None and not fits(target):
+            log.info("tuning: skipping %s, which does not fit the target's schedule", setting)
+            table.append({**setting, criterion: None, "skipped": "does not fit the schedule"})
+            continue
+        scored = score(candidate, target, calibration, settings)
+        # The grid's cost whether or not the cache was warm: predictions shared by several settings once.
+        shared = json.dumps(candidate.prediction_settings(), sort_keys=True) if candidate.cacheable else None
+        if shared is None or shared not in made:
+            queries += scored.queries
+            made.add(shared)
+        value = criterion_value(scored.values, labels, criterion)
+        table.append({**setting, criterion: value})
+        if best is None or value > best[0]:
+            best = (value, candidate, setting, scored.values)
+    if best is None:
+        raise MiaError("no setting of tune.grid fits the target; widen the grid")
+    value, winner, chosen, calibration_scores = best
+    log.info("tuning %s on %d calibration samples: %s = %.4f at %s (%d settings)", attack.name, len(calibration),
+             criterion, value, chosen, len(table))
+    return Tuning(winner, criterion, chosen, value, queries, calibration_scores, table)
