@@ -230,3 +230,17 @@ def test_resume_keeps_the_autoencoder_of_the_checkpoint(t2i_target, tmp_path: Pa
     assert info["steps"] == 4
     resumed = StableDiffusionPipeline.from_pretrained(tmp_path / "second" / "target", safety_checker=None).vae
     assert all(torch.equal(saved[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_mia_attack_on_the_trained_target_reads_its_captioned_split(t2i_target, tmp_path: Path):
+    # The whole loop: the exported folder's split (captions fingerprinted with the images) verifies against
+    # the data on disk, and every sample is attacked under its own recorded caption.
+    from mia.cli.attack import run
+
+    _, target, _ = t2i_target
+    overrides = [f"target.path={target}", "attack=loss", "logger=none", "metrics.bootstrap=0",
+                 "trainer.enable_progress_bar=false", f"cache.dir={tmp_path}/cache"]
+    metrics = run(compose_config("attack", overrides, tmp_path))
+    assert metrics["evaluation_set"]["labels_verified"] is True and metrics["conditioning"] == "text"
+    assert metrics["n_members"] == 8 and metrics["n_nonmembers"] == 8
+    assert metrics["encoder_passes_per_sample"] == 1
