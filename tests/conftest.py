@@ -111,3 +111,31 @@ def score_all(attack, target, evalset, batch_size: int = 100) -> np.ndarray:
         x0 = to_model_range(evalset.images[start:stop])
         scores.append(attack.score(target, x0, SampleNoise(evalset.keys[start:stop], getattr(attack, "seed", 0))))
     return torch.cat(scores).numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StableDiffusionPipeline folder (tests/tiny_t2i.py), built once per session."""
+    from tiny_t2i import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "sd")
+
+
+@pytest.fixture(scope="session")
+def captioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Member and non-member folders of 16 px images with captions (metadata.jsonl), 10 each."""
+    from tiny_t2i import write_captioned
+
+    root = tmp_path_factory.mktemp("captioned")
+    write_captioned(root / "members", 10, seed=0)
+    write_captioned(root / "nonmembers", 10, seed=1)
+    return root / "members", root / "nonmembers"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run on one thread: a second one gains nothing there and thrashes when other jobs load the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -51,6 +51,10 @@ def test_na_run_writes_the_output_contract(tiny_target: Path, tmp_path: Path):
     split = json.loads((tiny_target / "split.json").read_text())
     assert ids == split["members"] + split["nonmembers"]
     assert labels.tolist() == [1] * 24 + [0] * 24
+    # What made it: the split's fingerprint and seed, checked labels, no duplicates, the target's digest.
+    assert saved["provenance"]["split"] == {"fingerprint": split["dataset"]["fingerprint"], "seed": 0}
+    assert saved["evaluation_set"]["labels_verified"] is True and saved["evaluation_set"]["duplicates"]["left_out"] == 0
+    assert len(saved["provenance"]["target_identity"]) == 64
 
 
 def test_queries_are_counted_not_declared(tiny_target: Path, tmp_path: Path):
@@ -90,6 +94,10 @@ def test_offline_wandb_run_holds_the_roc(tiny_target: Path, tmp_path: Path):
     samples = json.loads(next((media / "table").glob("extreme_samples_*.table.json")).read_text())
     assert len(samples["data"]) == 6 and samples["columns"][-1] == "image"
     assert list((media / "images").glob("roc_loglog_*.png"))
+    # The run's config says what made it; offline, W&B keeps the config in the run's record log, where
+    # each config item is stored as its key and a JSON text.
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"provenance" in log and b"target_identity" in log and b"libraries" in log
 
 
 def test_memorizer_kind_attacks_the_closed_form_model(tiny_target: Path, tmp_path: Path):

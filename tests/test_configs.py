@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
+from mia.attacks.clid import CLiDClassifier, CLiDThreshold
 from mia.cli.config import CONF_ROOT, build_loggers, config_dir, instantiate_group
 from mia.data.registry import build_pool
 
@@ -73,7 +74,7 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
     cfg = config("train", f"experiment={experiment}", "logger=none", output_dir=tmp_path)
     assert cfg.split.members <= cfg.split.nonmembers  # at least as many non-members as members
     model = instantiate(cfg.target, _convert_="all")
-    assert model.unet.config.sample_size == cfg.data.image_size
+    model.check_fits(cfg.data.channels, cfg.data.image_size)  # the model takes the experiment's images
     assert isinstance(instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=False),
                       L.Trainer)
 
@@ -81,13 +82,16 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
 @pytest.mark.parametrize(("attack", "expected"), [
     ("na", NoiseAggregation(t=80, k=5, m=10, noise_scale=1.0, statistic="pairwise_l2", direction="down")),
     ("loss", LossAttack(t=200, draws=1)),
-    ("pia", PIA(t=200, p=4.0)),
-    ("pian", PIAN(t=200, p=4.0)),
+    ("pia", PIA(t=None, p=4.0)),  # None: the paper's t for the target's schedule (200 DDPM, 500 SD)
+    ("pian", PIAN(t=None, p=4.0)),
     ("secmi", SecMI(t_sec=100, interval=10)),
     ("sima", SimA(t=100, p=4.0)),
+    ("clid", CLiDThreshold(timesteps=[440, 450, 460], degradation=[0.3, 0.5, 0.7])),
+    ("clid_vec", CLiDClassifier(n_estimators=20, max_depth=3, subsample=0.7, colsample_bytree=0.7, gamma=0.7)),
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
-    assert options("attack", "attack") == ["learned", "loss", "na", "pia", "pian", "secmi", "secmi_nn", "sima"]
+    assert options("attack", "attack") == ["clid", "clid_th", "clid_vec", "learned", "loss", "na", "pia", "pian",
+                                           "secmi", "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"(?<![\w/.:-])((?:\.\./)?[\w./-]*[\w-]\.md)\b")
+WRITTEN_BY_MIA = {"reproduction.md"}  # output files mia writes at a sweep root: named in the code, not cited
 
 
 def tracked_text_files() -> list[Path]:
@@ -26,6 +27,8 @@ def test_every_cited_document_exists():
             if "http://" in line or "https://" in line:
                 continue  # links to other sites are not documents of this repository
             for cited in CITATION.findall(line):
+                if cited in WRITTEN_BY_MIA:
+                    continue
                 if not any((base / cited).exists() for base in (REPO, REPO / "docs", path.parent)):
                     missing.append(f"{path.relative_to(REPO)}:{number} cites {cited}")
     assert not missing, "\n".join(missing)

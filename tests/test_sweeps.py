@@ -39,13 +39,22 @@ def multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_a_two_knob_sweep_ends_in_a_summary_and_heatmaps(tiny_target: Path, tmp_path: Path):
-    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na", "attack.t=40,60,80",
+def test_a_two_knob_sweep_ends_in_a_summary_and_heatmaps_and_outlives_failing_jobs(tiny_target: Path,
+                                                                                   tmp_path: Path):
+    # t = 1000 is outside the target's schedule: those two jobs fail, the other six run.
+    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na", "attack.t=40,60,80,1000",
                        "attack.noise_scale=0.1,1.0")
-    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.returncode == 1, process.stderr[-3000:]  # some jobs failed
+    assert process.stderr.strip().splitlines()[-1].startswith("mia-attack: error: 2 of 8 jobs failed")
+    assert "Traceback" not in process.stderr
     sweep = tmp_path / "sweep"
     rows = read_rows(sweep / "summary.csv")
-    assert len(rows) == 6
+    assert len(rows) == 8
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert [r["attack.t"] for r in failed] == ["1000", "1000"] and all(r["auc"] == "" for r in failed)
+    assert all("leaves the target's timesteps" in r["status"] for r in failed)
+    assert all((sweep / r["job"] / "error.txt").read_text().strip() == r["status"] for r in failed)
+    rows = [r for r in rows if r["status"] == "ok"]
     assert {(r["attack.t"], r["attack.noise_scale"]) for r in rows} == {
         (t, s) for t in ("40", "60", "80") for s in ("0.1", "1.0")}
     for row in rows:
@@ -56,16 +65,46 @@ def test_a_two_knob_sweep_ends_in_a_summary_and_heatmaps(tiny_target: Path, tmp_
     assert "best AUC" in process.stderr + process.stdout
 
 
-def test_comparing_every_attack_gives_six_rows_with_counted_queries(tiny_target: Path, tmp_path: Path):
-    process = multirun(tmp_path, f"target.path={tiny_target}", "attack=na,loss,pia,pian,secmi,sima")
-    assert process.returncode == 0, process.stderr[-3000:]
+def test_the_summary_callback_records_failures_only_in_multiruns(tmp_path: Path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from mia.errors import MiaError
+    from mia.reporting.sweep import SweepSummary
+
+    def ended(mode: RunMode, error: Exception, keep_going: bool = True) -> JobReturn:
+        out = tmp_path / mode.name / type(error).__name__
+        out.mkdir(parents=True)
+        config = OmegaConf.create({"hydra": {"mode": mode, "runtime": {"output_dir": str(out)}, "job": {"num": 0}}})
+        job = JobReturn(status=JobStatus.FAILED, _return_value=error)
+        SweepSummary(keep_going).on_job_end(config, job)
+        return job
+
+    job = ended(RunMode.MULTIRUN, MiaError("attack.t = 1000 is outside\nthe schedule"))
+    assert job.status == JobStatus.COMPLETED and job.return_value is None  # the sweeper goes on
+    assert (tmp_path / "MULTIRUN/MiaError/error.txt").read_text() == "attack.t = 1000 is outside the schedule\n"
+    bug = ended(RunMode.MULTIRUN, ZeroDivisionError("division by zero"), keep_going=False)
+    assert bug.status == JobStatus.FAILED  # Hydra's own behaviour, on request
+    assert (tmp_path / "MULTIRUN/ZeroDivisionError/error.txt").read_text() == "ZeroDivisionError: division by zero\n"
+    single = ended(RunMode.RUN, ZeroDivisionError("x"))
+    assert single.status == JobStatus.FAILED and not (tmp_path / "RUN/ZeroDivisionError/error.txt").exists()
+
+
+def test_comparing_every_attack_on_a_pixel_target_skips_clid(tiny_target: Path, tmp_path: Path):
+    process = multirun(tmp_path, f"target.path={tiny_target}", "experiment=compare_attacks")
+    assert process.returncode == 0, process.stderr[-3000:]  # skipped is no failure
     rows = read_rows(tmp_path / "sweep" / "summary.csv")
-    assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima"]
-    assert [int(r["queries_per_sample"]) for r in rows] == [5, 1, 2, 2, 12, 1]
-    for row in rows:
+    assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima", "clid_th", "clid_vec"]
+    ran, skipped = rows[:6], rows[6:]
+    assert [int(r["queries_per_sample"]) for r in ran] == [5, 1, 2, 2, 12, 1]
+    for row in ran:
+        assert row["status"] == "ok"
         for key in ("auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "seconds"):
             assert row[key] != "", key
         assert json.loads(row["settings"])
+    for row in skipped:
+        assert row["status"].startswith("skipped: ") and "text-conditional" in row["status"]
+    assert "failed" not in process.stderr
     assert (tmp_path / "sweep" / "roc_overlay.png").stat().st_size > 0
 
 
@@ -135,22 +174,26 @@ def test_sweep_presets_compose(preset: str):
 def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
     import torch
 
-    first, second = PredictionCache(tmp_path, {"k": 1}), PredictionCache(tmp_path, {"k": 1})
-    ones = torch.ones(4, 2, 3)
-    first.write(0, ones[:2], total_rows=4)
-    second.write(0, 2 * ones[:2], total_rows=4)  # a parallel job with the same key starts meanwhile
-    first.write(2, ones[2:], total_rows=4)
-    first.finish(queries=8)
-    second.write(2, 2 * ones[2:], total_rows=4)
-    second.finish(queries=8)  # already published by the first: left as it is
-    reader = PredictionCache(tmp_path, {"k": 1})
+    first, second = (PredictionCache(tmp_path, {"k": 1}, rows=4, chunk_size=2) for _ in range(2))
+    ones, rows = torch.ones(4, 2, 3), torch.arange(4)
+    first.add(rows[:2], ones[:2], queries=4)  # a chunk of two rows
+    second.add(rows[:2], 2 * ones[:2], queries=4)  # a parallel job with the same key, meanwhile
+    first.add(rows[2:], ones[2:], queries=4)
+    assert first.finish()
+    second.add(rows[2:], 2 * ones[2:], queries=4)  # already complete: not written again
+    second.flush()
+    assert second.finish()
+    reader = PredictionCache(tmp_path, {"k": 1}, rows=4)
     assert reader.complete and reader.queries == 8
-    assert torch.equal(reader.read(0, 4), ones) and torch.equal(reader.read(1, 3), ones[1:3])
-    assert not list(reader.folder.glob("*.partial"))
-    unfinished = PredictionCache(tmp_path, {"k": 2})
-    unfinished.write(0, ones[:2], total_rows=4)
-    unfinished.finish(queries=4)  # stopped early: nothing is published
-    assert not PredictionCache(tmp_path, {"k": 2}).complete
+    stored = reader.read(rows)
+    assert all(torch.equal(row, ones[0]) or torch.equal(row, 2 * ones[0]) for row in stored)  # whole rows
+    assert torch.equal(reader.read(torch.tensor([3, 2])), ones[2:])
+    assert not list(reader.folder.rglob("*.partial"))
+    unfinished = PredictionCache(tmp_path, {"k": 2}, rows=4, chunk_size=2)
+    unfinished.add(rows[:2], ones[:2], queries=4)
+    assert not unfinished.finish()  # stopped early: nothing is published, the chunk stays for a rerun
+    again = PredictionCache(tmp_path, {"k": 2}, rows=4)
+    assert not again.complete and again.available(rows).tolist() == [True, True, False, False]
 
 
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

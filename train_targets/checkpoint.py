@@ -3,6 +3,8 @@
 Lightning writes the checkpoint: ``hyper_parameters`` hold the UNet and scheduler configs, ``state_dict``
 the weights under ``unet.`` (with EMA on, Lightning's weight averaging saves the average there, the
 weights that get exported), and the data module's state (under its class name) the split it trained on.
+Everything in it is tensors and plain types, so it loads with ``torch.load(weights_only=True)``: reading a
+checkpoint from elsewhere never runs code it carries.
 """
 
 from __future__ import annotations
@@ -26,17 +28,48 @@ class TrainingCheckpoint:
     step: int
 
 
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint's dictionary, loaded with ``weights_only=True``; one line when it holds anything else."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # What the weights-only unpickler refuses (a global, an opcode it does not take) is refused here;
+        # anything else it cannot read is not a checkpoint at all.
+        reason = _unpickler_reason(err)
+        if "Unsupported" not in reason:
+            raise MiaError(f"{path} is not a mia-train checkpoint ({reason})") from err
+        raise MiaError(
+            f"{path} holds more than tensors and plain types ({reason}), so it is refused: loading it would need "
+            "torch.load(weights_only=False), which runs code the file carries. mia-train's checkpoints load with "
+            "weights_only=True; train again, or re-save the tensors yourself if you trust the file"
+        ) from err
+    except (OSError, EOFError, KeyError, RuntimeError) as err:
+        raise MiaError(f"{path} is not a mia-train checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """What the weights-only unpickler refused, e.g. ``Unsupported global: GLOBAL mymodule.MyClass``."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return text.split("\n")[0]
+    detail = text.split(marker, 1)[1].strip().split("\n")[0]
+    return detail.split(" was not an allowed global")[0].strip().rstrip(".")
+
+
 def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
     """The UNet (EMA weights when EMA was on), scheduler and split of a mia-train checkpoint."""
     path = Path(path)
+    checkpoint = load_checkpoint_file(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         hparams = checkpoint["hyper_parameters"]
+        if "text_encoder" in hparams:
+            raise MiaError(f"{path} is a text-to-image training checkpoint; attack the folder its run exported")
         unet = UNet2DModel(**hparams["unet"])
         state = {k[len("unet."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
         unet.load_state_dict(state)
         scheduler = DDPMScheduler(**hparams["scheduler"])
-    except (OSError, KeyError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as err:
+    except (KeyError, RuntimeError, TypeError) as err:
         raise MiaError(f"{path} is not a mia-train checkpoint: {err}") from err
     split = checkpoint.get("MemberDataModule", {})
     return TrainingCheckpoint(unet=unet, scheduler=scheduler, split=split, step=int(checkpoint.get("global_step", 0)))

@@ -6,17 +6,19 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mia.data.captions import captions_of
+from mia.data.duplicates import distinct_rows, draw_distinct_split
 from mia.data.images import load_split_images
 from mia.data.pools import ImagePool
-from mia.data.split import Split, make_split
+from mia.data.split import Split
 from mia.errors import MiaError
+from train_targets.captioned_data import with_captions
 
 log = logging.getLogger(__name__)
-
-PROBE_TIMESTEPS = 1000  # the probe's timesteps are drawn from [0, PROBE_TIMESTEPS)
 
 
 class MemberDataModule(L.LightningDataModule):
@@ -36,6 +38,7 @@ class MemberDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         probe_size: int = 128,
+        indices: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -47,22 +50,28 @@ class MemberDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.probe_size = probe_size
+        self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
+        self.captions: tuple[list[str], list[str]] | None = None  # members', non-members' (captioned data)
 
     def prepare(self) -> Split:
         """Draw the split and decode its images (once); raises MiaError on any bad input."""
         if self.split is None:
-            member_idx, nonmember_idx = make_split(len(self.pool), *self.sizes, seed=self.seed)
-            self.members, self.nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
-            dataset = dict(self.data_config, fingerprint=digest, pool_size=len(self.pool))
-            self.split = Split(
-                members=[self.pool.ids[int(i)] for i in member_idx],
-                nonmembers=[self.pool.ids[int(i)] for i in nonmember_idx],
-                seed=self.seed,
-                dataset=dataset,
-            )
+            if self.indices is not None:
+                self.split, self.members, self.nonmembers = self._given_split(*self.indices)
+            else:
+                # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
+                self.split, self.members, self.nonmembers = draw_distinct_split(self.pool, self.data_config,
+                                                                                *self.sizes, seed=self.seed)
+            index_of = {sample_id: i for i, sample_id in enumerate(self.pool.ids)}
+            ids = self.split.members + self.split.nonmembers
+            captions = captions_of(self.pool, [index_of[sample_id] for sample_id in ids])
+            if captions is not None:  # captioned data: the split records every sample's caption
+                self.split.captions = dict(zip(ids, captions, strict=True))
+                n_members = len(self.split.members)
+                self.captions = captions[:n_members], captions[n_members:]
             self.split.check()
             log.info(
                 "split of %s: %d members, %d non-members (pool %d, seed %d)",
@@ -70,13 +79,30 @@ class MemberDataModule(L.LightningDataModule):
             )
         return self.split
 
+    def _given_split(self, member_idx, nonmember_idx) -> tuple[Split, torch.Tensor, torch.Tensor]:
+        """A split given by its indices (split.import_from), kept exactly as given.
+
+        Exact duplicates inside it are recorded in split.json (and left out at attack time, members
+        first), never moved between members and non-members: the file is the literature's split.
+        """
+        members, nonmembers, digest = load_split_images(self.pool, member_idx, nonmember_idx)
+        member_ids = [self.pool.ids[int(i)] for i in member_idx]
+        nonmember_ids = [self.pool.ids[int(i)] for i in nonmember_idx]
+        _, duplicates = distinct_rows(torch.cat([members, nonmembers]),
+                                      [1] * len(member_ids) + [0] * len(nonmember_ids), member_ids + nonmember_ids)
+        split = Split(members=member_ids, nonmembers=nonmember_ids, seed=self.seed,
+                      dataset=dict(self.data_config, fingerprint=digest, pool_size=len(self.pool)),
+                      duplicates=duplicates)
+        split.check()
+        return split, members, nonmembers
+
     def setup(self, stage: str) -> None:
         self.prepare()
 
     def train_dataloader(self) -> DataLoader:
         assert self.members is not None
         return DataLoader(
-            TensorDataset(self.members),
+            with_captions(TensorDataset(self.members), self.captions[0] if self.captions else None),
             batch_size=min(self.batch_size, len(self.members)),
             shuffle=True,
             drop_last=True,  # equal-sized batches: no tiny last batch with a noisy gradient
@@ -93,8 +119,17 @@ class MemberDataModule(L.LightningDataModule):
         # not drowned by which samples happened to draw a small (hard) timestep.
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((n, *images.shape[1:]), generator=generator).repeat(2, 1, 1, 1)
-        timesteps = torch.randint(0, PROBE_TIMESTEPS, (n,), generator=generator).repeat(2)
-        return DataLoader(TensorDataset(images, labels, noise, timesteps), batch_size=self.batch_size)
+        timesteps = torch.randint(0, self._num_timesteps(), (n,), generator=generator).repeat(2)
+        captions = self.captions[0][:n] + self.captions[1][:n] if self.captions else None
+        return DataLoader(with_captions(TensorDataset(images, labels, noise, timesteps), captions),
+                          batch_size=self.batch_size)
+
+    def _num_timesteps(self) -> int:
+        """The length of the model's noise schedule: the probe's timesteps are drawn from [0, that)."""
+        scheduler = getattr(self.trainer.lightning_module, "noise_scheduler", None) if self.trainer else None
+        if scheduler is None:
+            raise MiaError("the validation probe needs the model's noise_scheduler (diffusers) to draw its timesteps")
+        return int(scheduler.config.num_train_timesteps)
 
     def state_dict(self) -> dict[str, Any]:
         split = self.prepare()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+
+from mia.checks import require_number
+
+log = logging.getLogger(__name__)
 
 
 def _ema_multi_avg_fn(decay: float):
@@ -22,12 +29,35 @@ def _ema_multi_avg_fn(decay: float):
 class EMA(WeightAveraging):
     """Exponential moving average of the module's weights, updated after every optimizer step.
 
-    Lightning swaps the averaged weights in for validation, saves both in checkpoints (so resume keeps the
-    average) and copies the average into the module when training ends, which is what gets exported.
+    Lightning swaps the averaged weights in for validation (so the probe and the sample grids see them),
+    saves both in checkpoints (so resume keeps the average) and copies the average into the module when
+    training ends. The average lives on the training device, and the module always ends fit holding it,
+    which is what gets exported.
     """
 
-    def __init__(self, decay: float = 0.999) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        super().__init__(multi_avg_fn=_ema_multi_avg_fn(decay))
+    def __init__(self, decay: float = 0.999, device: str | None = None) -> None:
+        require_number("callbacks.ema.decay", decay, 0.0, 1.0, open_interval=True)  # one line, not a traceback
+        super().__init__(device=device, multi_avg_fn=_ema_multi_avg_fn(decay))
         self.decay = decay
+        self._average_in = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning calls this before the strategy moves the module to its device, so WeightAveraging's
+        # default (the module's device at this moment) is the CPU: the average would stay there and every
+        # update would copy all weights across. The strategy's root device is where training runs.
+        super().setup(trainer, pl_module, stage)
+        if self._average_model is not None and self._device is None:
+            self._average_model.to(trainer.strategy.root_device)
+            log.info("EMA of the weights kept on %s", trainer.strategy.root_device)
+        self._average_in = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._average_in = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resuming at or past max_steps (or max_steps=0) skips the fit loop and with it on_train_end: the
+        # module would still hold the checkpoint's raw weights. The export is the average either way.
+        if self._average_model is not None and not self._average_in:
+            self._copy_average_to_current(pl_module)
+            self._average_in = True

@@ -79,13 +79,18 @@ class DDPMTarget(L.LightningModule):
             if rows.any():
                 self.log(name, per_sample[rows].mean(), batch_size=int(rows.sum()), sync_dist=True)
 
+    def on_validation_epoch_start(self) -> None:
+        # Drawn here, not at the epoch's end: callbacks' hooks run before the module's, and weight averaging
+        # swaps the EMA weights in at the start of validation and out again at its end. One grid per run
+        # under DDP: rank zero draws it.
+        if self.hparams.sample_count > 0 and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self._log_samples()
+
     def on_validation_epoch_end(self) -> None:
         metrics = self.trainer.callback_metrics
         if "val/loss_members" in metrics and "val/loss_nonmembers" in metrics:
             gap = metrics["val/loss_nonmembers"] - metrics["val/loss_members"]
             self.log("val/loss_gap", gap, prog_bar=True)
-        if self.hparams.sample_count > 0 and not self.trainer.sanity_checking:
-            self._log_samples()
 
     @torch.no_grad()
     def sample(self, n: int, steps: int, seed: int = 0) -> torch.Tensor:
@@ -99,11 +104,15 @@ class DDPMTarget(L.LightningModule):
             x = sampler.step(self.unet(x, t.to(self.device)).sample, t, x).prev_sample
         return x.clamp(-1, 1)
 
-    def _log_samples(self) -> None:
+    def sample_grid(self) -> torch.Tensor:
+        """The preview grid of ``sample_count`` samples, in [0, 1]."""
         images = (self.sample(self.hparams.sample_count, self.hparams.sample_steps) + 1) / 2
         # Small images (8x8 digits) are enlarged, without smoothing, so the grid can be looked at.
         scale = max(1, 64 // images.shape[-1])
-        grid = make_grid(F.interpolate(images, scale_factor=scale, mode="nearest"), nrow=4, pad_value=0.5)
+        return make_grid(F.interpolate(images, scale_factor=scale, mode="nearest"), nrow=4, pad_value=0.5)
+
+    def _log_samples(self) -> None:
+        grid = self.sample_grid()
         step = self.global_step
         if self.hparams.sample_dir:
             path = Path(self.hparams.sample_dir) / f"samples_step{step:07d}.png"

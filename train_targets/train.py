@@ -12,10 +12,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia.cli.config import TRAIN_CONFIG_DIR, build_loggers, instantiate_group
+from mia.cli.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
 from mia.cli.console import quiet_libraries
+from mia.data.literature import imported_indices
 from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError, run_or_exit
+from mia.reporting.provenance import provenance
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget
@@ -50,11 +52,14 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         probe_size=cfg.probe_size,
+        indices=imported_indices(cfg.split, pool),  # split.import_from: the literature's split file
     )
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 
-    model: DDPMTarget = instantiate(cfg.target, _convert_="all")
+    model: DDPMTarget = build(cfg.target, _convert_="all")  # a MiaError from the model's own checks: one line
     model.check_fits(pool.channels, pool.image_size)
+    if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
+        model.check_data(datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
@@ -75,7 +80,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     steps = trainer.global_step
     info = {
         "steps": steps,
-        "epochs": steps * min(cfg.batch_size, len(split.members)) / len(split.members),
+        # Under DDP each optimizer step takes one batch on every rank.
+        "epochs": steps * min(cfg.batch_size, len(split.members)) * trainer.world_size / len(split.members),
         "batch_size": cfg.batch_size,
         "members": len(split.members),
         "nonmembers": len(split.nonmembers),
@@ -84,6 +90,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "seconds": round(time.time() - started, 1),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": provenance(device=str(trainer.strategy.root_device), split=split),
     }
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info

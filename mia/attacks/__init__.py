@@ -5,6 +5,7 @@ One module per attack; ``base`` is the interface, ``moves`` the closed-form DDPM
 """
 
 from mia.attacks.base import Attack
+from mia.attacks.clid import CLiDClassifier, CLiDThreshold
 from mia.attacks.loss import LossAttack
 from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.pia import PIA, PIAN
@@ -12,4 +13,5 @@ from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
 from mia.attacks.sima import SimA
 
-__all__ = ["PIA", "PIAN", "Attack", "LossAttack", "NoiseAggregation", "SampleNoise", "SecMI", "SimA"]
+__all__ = ["PIA", "PIAN", "Attack", "CLiDClassifier", "CLiDThreshold", "LossAttack", "NoiseAggregation", "SampleNoise",
+           "SecMI", "SimA"]

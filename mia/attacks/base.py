@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_bool, require_integer, require_number
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 
@@ -29,6 +30,16 @@ class Attack(ABC):
     # ``fit(features, labels)`` fits on the calibration part only (and returns what it chose), then
     # ``aggregate(features)`` scores every sample. Fitted attacks are cacheable too.
     fitted: ClassVar[bool] = False
+    # Classifier-free guidance of conditional targets, applied inside the target's noise prediction (1 = the
+    # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
+    guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        """Each setting holds the type it is declared with: ``t=80.5`` is refused, never truncated to 80.
+
+        Subclasses call this first from their own ``__post_init__``; a ``seed`` must be a non-negative integer.
+        """
+        check_field_types(self)
 
     @abstractmethod
     def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
@@ -48,6 +59,34 @@ class Attack(ABC):
     def _check_timestep(target: DiffusionTarget, t: int, what: str) -> None:
         if not 0 <= t < target.num_timesteps:
             raise MiaError(f"{what} = {t} is outside the target's timesteps 0..{target.num_timesteps - 1}")
+
+
+def _type_name(annotation: Any) -> str:
+    # With ``from __future__ import annotations`` a field's type is its source text ("int"), else the class.
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+
+
+def check_setting(name: str, value: Any, annotation: Any) -> None:
+    """Refuse a setting of the wrong type, naming its key (``attack.<name>``); other annotations are left alone."""
+    key, kind = f"attack.{name}", _type_name(annotation)
+    if kind.endswith(" | None"):  # an optional setting: None, or a value of the type
+        if value is None:
+            return
+        kind = kind.removesuffix(" | None")
+    if kind == "int":
+        require_integer(key, value, minimum=0 if name == "seed" else None)
+    elif kind == "float":
+        require_number(key, value)
+    elif kind == "bool":
+        require_bool(key, value)
+    elif kind == "str" and not isinstance(value, str):
+        raise MiaError(f"{key} must be a string, got {value!r}")
+
+
+def check_field_types(attack: Any) -> None:
+    """Every field of an attack (a dataclass) against its declared type."""
+    for field in dataclasses.fields(attack):
+        check_setting(field.name, getattr(attack, field.name), field.type)
 
 
 def require(condition: bool, message: str) -> None:

@@ -24,6 +24,7 @@ class LossAttack(Attack):
     seed: int = 0  # seeds the noise (per sample)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types first: t=80.5 is refused, not truncated
         require(isinstance(self.draws, int) and self.draws >= 1, f"attack.draws must be ≥ 1, got {self.draws!r}")
 
     def check(self, target: DiffusionTarget) -> None:

@@ -36,6 +36,7 @@ class NoiseAggregation(Attack):
     delta: float = 1e-12  # δ in −log(C + δ)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types first: t=80.5 is refused, not truncated
         require(isinstance(self.k, int) and self.k >= 2, f"attack.k must be an integer ≥ 2, got {self.k!r}")
         require(isinstance(self.m, int) and self.m >= 1, f"attack.m must be a positive integer, got {self.m!r}")
         require(self.noise_scale >= 0, f"attack.noise_scale must be ≥ 0, got {self.noise_scale!r}")
@@ -44,6 +45,8 @@ class NoiseAggregation(Attack):
             f"attack.statistic must be one of {', '.join(STATISTICS)}; got {self.statistic!r}",
         )
         require(self.direction in ("down", "up"), f"attack.direction must be down or up, got {self.direction!r}")
+        # δ = 0 turns a perfect aggregation (C = 0) into an infinite score, which no ROC can rank.
+        require(self.delta > 0, f"attack.delta must be > 0 (e.g. 1e-12), got {self.delta!r}")
 
     def timesteps(self) -> list[int]:
         step = -self.m if self.direction == "down" else self.m

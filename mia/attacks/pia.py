@@ -4,6 +4,9 @@ Proximal Initialization", ICLR 2024).
 PIA takes the model's own noise at t = 0, ``ε0 = ε_θ(x0, 0)``, noises x0 with it to t, and scores
 ``−Σ|ε0 − ε_θ(x_t, t)|^p``: a member's prediction returns to ε0. PIAN first rescales ε0 per sample to
 look Gaussian: ``ε0 / mean(|ε0|) · √(2/π)``. Two queries per sample, no randomness.
+
+The paper's timestep is 200 for DDPM and 500 for Stable Diffusion: with ``t`` unset, targets whose
+scheduler uses SD's ``scaled_linear`` β schedule get 500, all others 200 (recorded in the settings).
 """
 
 from __future__ import annotations
@@ -19,26 +22,45 @@ from mia.attacks.moves import forward_noise
 from mia.attacks.sample_noise import SampleNoise
 from mia.targets.base import DiffusionTarget
 
+SD_SCHEDULE = "scaled_linear"  # Stable Diffusion's β schedule: what "SD-scale" means for the default t
+SD_TIMESTEP, DDPM_TIMESTEP = 500, 200
+
 
 @dataclasses.dataclass
 class PIA(Attack):
     name = "pia"
-    t: int = 200  # timestep (the paper: 200 for DDPM, 500 for Stable Diffusion)
+    t: int | None = None  # timestep; None = the paper's: 500 for SD-scale (scaled_linear) schedules, else 200
     p: float = 4.0  # exponent of the ℓp distance
     seed: int = 0  # unused (PIA is deterministic); kept so every attack has a seed key
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types first: t=80.5 is refused, not truncated
         require(self.p > 0, f"attack.p must be > 0, got {self.p!r}")
 
+    def timestep(self, target: DiffusionTarget) -> int:
+        """``t``, or the paper's default for the target's schedule when it is unset."""
+        if self.t is not None:
+            return self.t
+        return SD_TIMESTEP if target.beta_schedule == SD_SCHEDULE else DDPM_TIMESTEP
+
     def check(self, target: DiffusionTarget) -> None:
-        self._check_timestep(target, self.t, "attack.t")
+        self._effective_t = self.timestep(target)
+        self._check_timestep(target, self._effective_t, "attack.t")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings, with the timestep in effect; ``t_default`` says the schedule chose it (t was unset)."""
+        settings = super().settings()
+        if self.t is None and hasattr(self, "_effective_t"):
+            settings.update(t=self._effective_t, t_default=True)
+        return settings
 
     def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
         return target.predict_noise(x0, 0, cond)
 
     def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        t = self.timestep(target)
         eps0 = self.initial_noise(target, x0, cond)
-        eps_t = target.predict_noise(forward_noise(target, x0, eps0, self.t), self.t, cond)
+        eps_t = target.predict_noise(forward_noise(target, x0, eps0, t), t, cond)
         return -(eps0 - eps_t).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)
 
 

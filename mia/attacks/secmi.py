@@ -27,6 +27,7 @@ class SecMI(Attack):
     seed: int = 0  # unused (SecMI_stat is deterministic); kept so every attack has a seed key
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types first: t=80.5 is refused, not truncated
         require(
             isinstance(self.interval, int) and self.interval >= 1,
             f"attack.interval must be a positive integer, got {self.interval!r}",

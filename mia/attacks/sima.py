@@ -23,6 +23,7 @@ class SimA(Attack):
     seed: int = 0  # unused (SimA is deterministic); kept so every attack has a seed key
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # types first: t=80.5 is refused, not truncated
         require(self.p > 0, f"attack.p must be > 0, got {self.p!r}")
 
     def check(self, target: DiffusionTarget) -> None:

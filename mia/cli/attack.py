@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia.attacks.base import Attack
 from mia.attacks.noise_aggregation import NoiseAggregation
+from mia.cli.checks import check_run
 from mia.cli.config import ATTACK_CONFIG_DIR, build, build_loggers
 from mia.cli.console import quiet_libraries
 from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
@@ -28,10 +29,12 @@ from mia.evaluation.result import AttackResult
 from mia.reporting.console import format_metrics
 from mia.reporting.figures import plot_timestep_profile
 from mia.reporting.files import OUTPUT_FILES, write_outputs
+from mia.reporting.provenance import provenance
 from mia.reporting.wandb_run import log_to_wandb
 from mia.scoring.engine import Scores, ScoringSettings, score
 from mia.scoring.profile import timestep_profile
-from mia.targets.loading import load_target
+from mia.targets.base import DiffusionTarget
+from mia.targets.loading import describe_target, load_target
 from mia.tuning.grid import Tuning, tune
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ def scoring_settings(cfg: DictConfig) -> ScoringSettings:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.cache.dir if cfg.cache.enabled else None,
+        chunk_size=cfg.cache.chunk_size,
+        max_gb=cfg.cache.max_gb,
     )
 
 
@@ -71,9 +76,9 @@ def summarize(cfg: DictConfig, attack: Attack, scored_samples: int, scores: Scor
     return {
         "attack": attack.name,
         "settings": attack.settings(),
-        "target": str(Path(cfg.target.path).expanduser().resolve()),
+        "target": describe_target(cfg.target),
         "target_kind": cfg.target.kind,
-        "target_checkpoint": cfg.target.checkpoint,
+        "target_checkpoint": cfg.target.get("checkpoint"),
         **outcome.metrics,
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
         **({"tuning": tuning.record()} if tuning is not None else {}),
@@ -85,6 +90,12 @@ def summarize(cfg: DictConfig, attack: Attack, scored_samples: int, scores: Scor
     }
 
 
+def other_passes(target: DiffusionTarget, n: int) -> dict[str, Any]:
+    """The target's conditioning and its VAE / text-encoder passes this run, apart from the denoiser's queries."""
+    passes = {f"{name}_per_sample": _tidy(count / n) for name, count in target.passes().items()}
+    return {"conditioning": target.conditioning or "none", **passes}
+
+
 def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_figures: dict[str, Path]) -> None:
     """The run's files, its W&B run, and the results table in the log."""
     out_dir = Path(cfg.paths.output_dir)
@@ -93,11 +104,12 @@ def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_
     wandb_dirs = []
     for logger in build_loggers(cfg.get("logger")):
         if isinstance(logger, WandbLogger):
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
+                                    "provenance": result.metrics.get("provenance")})
             log_to_wandb(logger, result, roc, evalset, figures, cfg.report.top_k)
             wandb_dirs.append(Path(logger.experiment.dir).parent)
             logger.experiment.finish()
-    log.info("results of %s on %s:\n%s", result.attack, cfg.target.path, format_metrics(result.metrics))
+    log.info("results of %s on %s:\n%s", result.attack, describe_target(cfg.target), format_metrics(result.metrics))
     log.info("files: %s (%s)", out_dir, ", ".join(OUTPUT_FILES))
     for run_dir in wandb_dirs:
         log.info("W&B run (offline): %s; upload with `make sync` or `wandb sync %s`", run_dir, run_dir)
@@ -113,12 +125,16 @@ def check_sections(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_sections(cfg)
+    check_run(cfg)  # every knob, the attack's keys, the device, the cache folder: before anything is read
     attack: Attack = build(cfg.attack, _convert_="all")
     if cfg.report.profile and not isinstance(attack, NoiseAggregation):
         raise MiaError(f"report.profile is for the NA attack; {attack.name} has no aggregation statistic")
     target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
-    log.info("attack %s on %s: %d members, %d non-members", attack.name, cfg.target.path,
+    target.check_guidance(attack.guidance_scale)
+    attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    evalset = evaluation_set_for(cfg.data, target.image_shape_for(cfg.data.get("image_size")), split,
+                                 describe_target(cfg.target), target.conditioning, stream=target.is_latent)
+    log.info("attack %s on %s: %d members, %d non-members", attack.name, describe_target(cfg.target),
              evalset.n_members, len(evalset) - evalset.n_members)
     protocol = protocol_of(cfg, attack)
     settings = scoring_settings(cfg)
@@ -139,11 +155,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         values, scored_samples = scores.values, len(evalset)
     outcome = apply(attack, values, labels, mask, protocol)
     result = AttackResult(attack.name, evalset.ids, labels, outcome.scores,
-                          summarize(cfg, attack, scored_samples, scores, outcome, tuning), outcome.calibration)
+                          {**summarize(cfg, attack, scored_samples, scores, outcome, tuning),
+                           **other_passes(target, scored_samples)}, outcome.calibration)
+    used_split = split if evalset.record.get("labels") == "split.json" else None
+    result.metrics.update(evaluation_set=evalset.record,
+                          provenance=provenance(scores.device, target.identity, used_split))
     figures = {}
     if cfg.report.profile:
         profile = timestep_profile(attack, target, evalset, cfg.report.profile_timesteps,
                                    cfg.report.profile_max_samples, settings)
+    if not scores.main:  # another rank of a multi-device run (it took part in every predict loop above)
+        return result.metrics
+    if cfg.report.profile:
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         profile.save_csv(out_dir / "timestep_profile.csv")

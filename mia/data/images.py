@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from mia.data.captions import captions_of
 from mia.data.pools import ImagePool
 from mia.data.split import fingerprint
 from mia.errors import MiaError
@@ -28,7 +29,8 @@ def load_images(
             raw = pool.read(index) if raws is None else raws[row]
             image = pool.decode(raw)
             images[row] = pool.transform(image)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as err:  # a bomb: more pixels than PIL's limit, refused unread
             raise MiaError(
                 f"cannot read image {pool.describe(index)} ({err.__class__.__name__}: {err}); "
                 "remove or replace that file"
@@ -40,11 +42,12 @@ def load_images(
 def load_split_images(
     pool: ImagePool, member_idx: Sequence[int], nonmember_idx: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Members' and non-members' images, and the fingerprint of both (members first)."""
+    """Members' and non-members' images, and the fingerprint of both (members first; captions included)."""
     members, member_raw = load_images(pool, member_idx)
     nonmembers, nonmember_raw = load_images(pool, nonmember_idx)
     ids = [pool.ids[int(i)] for i in member_idx] + [pool.ids[int(i)] for i in nonmember_idx]
-    return members, nonmembers, fingerprint(ids, member_raw + nonmember_raw)
+    captions = captions_of(pool, [*member_idx, *nonmember_idx])
+    return members, nonmembers, fingerprint(ids, member_raw + nonmember_raw, captions)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -103,8 +104,11 @@ class FolderPool(ImagePool):
         return (self.root / self.ids[index]).read_bytes()
 
     def decode(self, raw: bytes) -> Image.Image:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
+        # Past PIL's pixel limit an image is a likely decompression bomb: an error, not a warning and gigabytes.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            image.load()
         return image
 
     def describe(self, index: int) -> str:

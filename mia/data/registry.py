@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mia.data.captions import CaptionedFolderPool, flickr8k_pool
 from mia.data.pools import DigitsPool, FolderPool, ImagePool, celeba_pool, cifar_pool
 from mia.errors import MiaError
 
@@ -22,6 +23,8 @@ DATASETS: dict[str, Callable[..., ImagePool]] = {
     "cifar100": cifar_pool,
     "celeba": celeba_pool,
     "folder": FolderPool,
+    "captioned_folder": CaptionedFolderPool,  # images + metadata.jsonl/csv captions (imagefolder convention)
+    "flickr8k": flickr8k_pool,
 }
 
 # What split records of mia 0.1 named by `_target_`; mapped to a registry name (None: the record's `name`).

@@ -1,8 +1,13 @@
 """The end of a multirun: one summary table and the sweep's pictures at the sweep root.
 
-A Hydra callback (registered in ``conf/hydra/default.yaml``) reads every job's ``metrics.json`` and
-``scores.csv`` and writes ``summary.csv``, ``roc_overlay.png`` (all ROC curves, linear and log-log) and,
+A Hydra callback (registered in ``conf/common/hydra/default.yaml``) reads every job's ``metrics.json``
+and ``scores.csv`` and writes ``summary.csv``, ``roc_overlay.png`` (all ROC curves, linear and log-log) and,
 when one or two knobs were swept, a line plot or heatmaps of AUC and TPR@1%FPR. It logs the best setting.
+
+A job that fails does not end the sweep (``keep_going``): its error line goes to ``error.txt`` in its
+folder and to the ``status`` column of ``summary.csv`` (``ok`` for the others), and the command exits
+with status 1 once every job has run. A job whose attack does not apply to the target (``NotApplicable``:
+CLiD on a pixel model) is ``skipped: <why>`` (``skipped.txt``), which is no failure.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mia.errors import MiaError, NotApplicable
 from mia.evaluation.metrics import roc_curve
 from mia.evaluation.result import AttackResult
 from mia.reporting.figures import plot_heatmap, plot_roc, plot_sweep_lines
@@ -33,6 +42,8 @@ METRIC_COLUMNS = (
     "n_members", "n_nonmembers", "n_calibration",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
+FAILURE_FILE = "error.txt"  # in a failed job's folder: its error, one line
+SKIP_FILE = "skipped.txt"  # in the folder of a job whose attack does not apply to the target: why, one line
 
 
 def _parse_override(text: str) -> tuple[str, str]:
@@ -55,16 +66,21 @@ def _sorted_values(values: set[str]) -> list[str]:
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every finished attack job under the sweep root: its overrides, its result."""
+    """Every attack job under the sweep root: its overrides, and its result or its error (``result`` None)."""
     jobs = []
-    for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job_dir = metrics_file.parent
+    names = ("metrics.json", FAILURE_FILE, SKIP_FILE)
+    folders = {p.parent for name in names for p in sweep_dir.glob(f"*/{name}")}
+    for job_dir in sorted(folders, key=lambda p: (len(p.name), p.name)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+        failure, skip = job_dir / FAILURE_FILE, job_dir / SKIP_FILE
+        error = (failure.read_text().strip() if failure.exists()
+                 else f"skipped: {skip.read_text().strip()}" if skip.exists() else None)
         jobs.append({
             "job": job_dir.name,
             "overrides": dict(_parse_override(o) for o in overrides),
-            "result": AttackResult.load(job_dir),
+            "error": error,
+            "result": None if error is not None else AttackResult.load(job_dir),
         })
     return jobs
 
@@ -72,8 +88,15 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 def summary_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[str, Any]]:
     rows = []
     for job in jobs:
+        if job["result"] is None:
+            row = {"job": job["job"], "attack": job["overrides"].get("attack", ""), "status": job["error"]}
+            row.update({key: job["overrides"].get(key, "") for key in swept})
+            row.update({key: "" for key in (*METRIC_COLUMNS, "settings")})
+            row["overrides"] = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
+            rows.append(row)
+            continue
         metrics = job["result"].metrics
-        row: dict[str, Any] = {"job": job["job"], "attack": metrics.get("attack")}
+        row: dict[str, Any] = {"job": job["job"], "attack": metrics.get("attack"), "status": "ok"}
         row.update({key: job["overrides"].get(key, "") for key in swept})
         for key in INTERVALS:
             low, high = metrics.get(f"{key}_ci", (None, None))
@@ -94,17 +117,26 @@ def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:
 
 
 def write_summary(sweep_dir: Path) -> dict[str, Path]:
-    """Write the summary table and pictures for the finished jobs under ``sweep_dir``."""
-    jobs = collect_jobs(sweep_dir)
-    if not jobs:
+    """Write the summary table of every job under ``sweep_dir`` (failed ones too) and the finished jobs' pictures."""
+    everything = collect_jobs(sweep_dir)
+    if not everything:
         return {}
-    swept = swept_keys(jobs)
-    rows = summary_rows(jobs, swept)
-    written = {"summary": sweep_dir / "summary.csv", "roc_overlay": sweep_dir / "roc_overlay.png"}
+    swept = swept_keys(everything)
+    table = summary_rows(everything, swept)
+    written = {"summary": sweep_dir / "summary.csv"}
     with open(written["summary"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(table)
+    failed = sum(row["status"] != "ok" and not row["status"].startswith("skipped") for row in table)
+    if failed:
+        log.warning("sweep: %d of %d jobs failed (status column of %s)", failed, len(table), written["summary"])
+    # The pictures show the jobs that ran.
+    jobs = [job for job in everything if job["result"] is not None]
+    rows = [row for row in table if row["status"] == "ok"]
+    if not jobs:
+        return written
+    written["roc_overlay"] = sweep_dir / "roc_overlay.png"
 
     def label(job: dict[str, Any]) -> str:
         knobs = ", ".join(f"{k.split('.')[-1]}={job['overrides'][k]}" for k in swept if k in job["overrides"])
@@ -146,10 +178,50 @@ def _heatmaps(sweep_dir: Path, rows: list[dict[str, Any]], swept: list[str]) -> 
     return written
 
 
+def _error_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, MiaError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())  # one line, whatever the message held
+
+
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, summarise its attack jobs at the sweep root."""
+    """Hydra callback: records each multirun job's failure, and summarises the sweep at its root at the end.
+
+    ``keep_going`` (the default): a failed job is recorded and the sweep goes on; the command's exit status
+    is 1 when any job failed. Otherwise Hydra's own behaviour: the failure is raised after the batch of jobs.
+    """
+
+    def __init__(self, keep_going: bool = True) -> None:
+        self.keep_going = keep_going
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # a rerun into the same sweep folder starts clean
+            for name in (FAILURE_FILE, SKIP_FILE):
+                (Path(config.hydra.runtime.output_dir) / name).unlink(missing_ok=True)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
+            return
+        error = job_return._return_value  # the exception (reading .return_value would raise it)
+        line = _error_line(error)
+        skipped = isinstance(error, NotApplicable)
+        (Path(config.hydra.runtime.output_dir) / (SKIP_FILE if skipped else FAILURE_FILE)).write_text(line + "\n")
+        trace = None if isinstance(error, MiaError) else error  # a bug's traceback goes to the job's log
+        if skipped:
+            log.info("job %s skipped: %s", config.hydra.job.num, line)
+        else:
+            log.error("job %s failed: %s", config.hydra.job.num, line, exc_info=trace)
+        if self.keep_going:
+            job_return.status = JobStatus.COMPLETED  # so that the sweeper goes on; the failure is on disk
+            job_return.return_value = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            write_summary(sweep_dir)
+        if not sweep_dir.is_dir():
+            return
+        write_summary(sweep_dir)
+        failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{FAILURE_FILE}"))
+        if failed:
+            total = len({p.parent for p in sweep_dir.glob("*/.hydra")})
+            print(f"mia-{config.get('task_name', 'sweep')}: error: {len(failed)} of {total} jobs failed (jobs "
+                  f"{', '.join(failed)}; see the status column of {sweep_dir / 'summary.csv'})", file=sys.stderr)
+            sys.exit(1)

@@ -1,92 +1,277 @@
-"""On-disk cache of an attack's model predictions, so sweeps over post-processing make no new queries.
+"""On-disk store of an attack's per-sample outputs, in chunks: the prediction cache, and what a killed run resumes from.
 
-NA's k noise predictions per sample depend on the target, the samples and the settings that shape the
-path (t, k, m, noise scale, direction, seed, device); the aggregation statistic and the metrics do not.
-A sweep over those reuses the predictions. Predictions are written batch by batch with plain file writes
-(not a memory map), so they stream to disk instead of piling up in the process's memory. Each writer
-writes its own temporary file and publishes it with an atomic rename, so parallel jobs with the same key
-(a joblib sweep over statistics) cannot corrupt one another.
+What is stored per sample is what the scores are made from: NA's k noise predictions (a sweep over the
+statistic or the metrics then makes no new queries), every other attack's scores. One folder per key
+(``mia.scoring.cache_key``)::
+
+    chunks/<first row>-<token>.npz   index [n] int64, values [n, ...] (any shape), queries: one chunk
+    meta.json                        written once every row is stored: the entry is complete
+    used                             touched at every open and chunk: the entry's last use, for eviction
+
+A chunk counts once it has its final name: it is written under a temporary name, synced, then renamed,
+so a run killed at any moment leaves only complete chunks, and the same command computes only the rows
+that no chunk holds. Several writers (the ranks of a multi-device run, parallel jobs with one key) each
+write their own chunks; one of them (rank zero) publishes ``meta.json``. A row two writers stored is read
+from the first of their chunks by name; a complete entry reads only the chunks its ``meta.json`` lists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
+import shutil
+import signal
+import uuid
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mia.errors import MiaError
+
 log = logging.getLogger(__name__)
+
+# Tests only: a process that has published this many chunks kills itself (SIGKILL) while writing the
+# next one, after its temporary file is half written: what a kill in the middle of a long attack leaves.
+KILL_AFTER_CHUNKS = "MIA_TEST_KILL_AFTER_CHUNKS"
+_LOADED_CHUNKS = 4  # chunks' values kept in memory while reading (batches read chunks in order)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    name: str
+    rows: int
+    queries: int  # sample-forwards counted when its rows were computed
 
 
 class PredictionCache:
-    """Predictions [N, *shape] float32 for one key; complete once every row has been written."""
+    """Per-sample outputs ``[rows, ...]`` for one key, stored in chunks; complete once every row is in."""
 
-    def __init__(self, root: str | Path, key: dict[str, Any]) -> None:
+    def __init__(self, root: str | Path, key: dict[str, Any], rows: int, chunk_size: int = 512) -> None:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise MiaError(f"cache.chunk_size must be a positive integer (samples per chunk), got {chunk_size!r}")
         text = json.dumps(key, sort_keys=True, default=str)
         self.key = key
-        self.folder = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:24]
-        self._data = self.folder / "predictions.f32"
+        self.rows = rows
+        self.chunk_size = chunk_size
+        self.root = Path(root)
+        self.folder = self.root / hashlib.sha256(text.encode()).hexdigest()[:24]
+        self._chunk_dir = self.folder / "chunks"
         self._meta = self.folder / "meta.json"
-        self._partial: Path | None = None
-        self._shape: tuple[int, ...] | None = None
-        self._rows = 0
-        self._written = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []  # (index, values, queries) not in a chunk yet
+        self._published = 0
+        self._loaded: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.read_cost = Fraction(0)  # queries of the rows this process read from the store
+        try:
+            self._chunk_dir.mkdir(parents=True, exist_ok=True)
+            if not (self.folder / "key.json").exists():
+                _write_atomic(self.folder / "key.json", json.dumps(key, default=str, indent=1, sort_keys=True))
+        except OSError as err:
+            raise MiaError(f"cannot write the prediction cache at {self.root}: {err}; set cache.dir=<a writable "
+                           "folder> or cache.enabled=false") from err
+        self.touch()
+        self._index()
+
+    # -- what is stored -----------------------------------------------------------------------------------
 
     @property
     def complete(self) -> bool:
-        return self._meta.exists() and self._data.exists()
+        return self._meta.exists()
 
     @property
     def queries(self) -> int:
-        """Sample-forwards counted when the cached predictions were made."""
+        """Sample-forwards counted when the stored predictions were made (a complete entry)."""
         return int(json.loads(self._meta.read_text())["queries"])
 
-    def read(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a complete cache."""
-        if self._shape is None:
-            self._shape = tuple(json.loads(self._meta.read_text())["shape"])
-        shape = self._shape
-        row = int(np.prod(shape))
-        array = np.fromfile(self._data, dtype=np.float32, count=(stop - start) * row, offset=start * row * 4)
-        return torch.from_numpy(array.reshape(stop - start, *shape))
+    @property
+    def stored_rows(self) -> int:
+        return int((self._where >= 0).sum())
 
-    def write(self, start: int, predictions: torch.Tensor, total_rows: int) -> None:
-        """Write rows starting at ``start`` (batches arrive in order, each a contiguous range)."""
-        if self._shape is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._shape = tuple(predictions.shape[1:])
-            self._rows = total_rows
-            self._written = 0
-            handle, name = tempfile.mkstemp(prefix="predictions.", suffix=".partial", dir=self.folder)
-            os.ftruncate(handle, total_rows * int(np.prod(self._shape)) * 4)
-            os.close(handle)
-            self._partial = Path(name)
-        array = predictions.detach().to(torch.float32).cpu().numpy()
-        with open(self._partial, "r+b") as handle:
-            handle.seek(start * int(np.prod(self._shape)) * 4)
-            handle.write(np.ascontiguousarray(array).tobytes())
-        self._written += len(array)
+    def available(self, index: torch.Tensor) -> torch.Tensor:
+        """bool [n]: which of these rows a complete chunk holds."""
+        return torch.from_numpy(self._where[index.cpu().numpy()] >= 0)
 
-    def finish(self, queries: int) -> None:
-        """Publish the cache once every row is in (a run that stopped early leaves no cache).
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored outputs of these rows, in this order (every one must be available)."""
+        rows = index.cpu().numpy()
+        chunks, positions = self._where[rows], self._pos[rows]
+        if (chunks < 0).any():
+            raise ValueError("reading rows the cache does not hold")
+        parts = {c: self._values(int(c)) for c in np.unique(chunks)}
+        first = next(iter(parts.values()))
+        out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+        for c, values in parts.items():
+            mask = chunks == c
+            out[mask] = values[positions[mask]]
+            self.read_cost += Fraction(self._chunks[c].queries, self._chunks[c].rows) * int(mask.sum())
+        return torch.from_numpy(out)
 
-        ``queries`` is the counted number of sample-forwards that made the predictions.
-        """
-        if self._partial is None:
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def add(self, index: torch.Tensor, values: torch.Tensor, queries: int) -> None:
+        """Rows computed now, with the sample-forwards they took; written out a chunk at a time."""
+        self._pending.append((index.cpu().numpy().astype(np.int64), values.detach().cpu().numpy(), int(queries)))
+        if sum(len(i) for i, _, _ in self._pending) >= self.chunk_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish the rows added since the last chunk as one chunk."""
+        if not self._pending:
             return
-        if self._written != self._rows or self.complete:  # stopped early, or another job published first
-            self._partial.unlink(missing_ok=True)
+        index = np.concatenate([i for i, _, _ in self._pending])
+        values = np.concatenate([v for _, v, _ in self._pending])
+        queries = sum(q for _, _, q in self._pending)
+        self._pending = []
+        if self.complete:  # another writer completed the entry meanwhile: these rows are there already
             return
-        os.replace(self._partial, self._data)
-        meta = {"shape": list(self._shape), "rows": self._rows, "queries": queries, "key": self.key}
-        handle, name = tempfile.mkstemp(prefix="meta.", suffix=".json", dir=self.folder)
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(meta, default=str, indent=1))
-        os.replace(name, self._meta)  # the cache counts as complete only once this lands
-        log.info("cached %d samples' predictions in %s", self._rows, self.folder)
+        name = f"{int(index.min()):09d}-{uuid.uuid4().hex[:12]}.npz"
+        partial = self._chunk_dir / f".{name}.partial"
+        try:
+            with open(partial, "wb") as handle:
+                np.savez(handle, index=index, values=values, queries=np.int64(queries))
+                handle.flush()
+                os.fsync(handle.fileno())
+            _test_kill_hook(partial, self._published)
+            os.replace(partial, self._chunk_dir / name)
+        except FileNotFoundError:  # the entry was evicted by another job meanwhile: these rows stay unstored
+            log.warning("cache entry %s disappeared while this run wrote it; its rows are not cached", self.folder)
+            return
+        except OSError as err:
+            raise MiaError(f"cannot write the prediction cache at {self.folder}: {err}; free space, set "
+                           "cache.dir=<a writable folder> or cache.enabled=false") from err
+        self._published += 1
+        self.touch()
+
+    def finish(self) -> bool:
+        """Publish the entry when every row is stored (by one process, after every writer flushed)."""
+        if self.complete:
+            return True
+        self._index()
+        if self.stored_rows < self.rows:
+            log.info("cached %d of %d samples in %s (incomplete: a rerun computes only the rest)",
+                     self.stored_rows, self.rows, self.folder)
+            return False
+        used = [int(c) for c in np.unique(self._where)]
+        queries = sum(Fraction(self._chunks[c].queries, self._chunks[c].rows) * int((self._where == c).sum())
+                      for c in used)
+        sample = self._values(used[0])
+        meta = {"rows": self.rows, "shape": list(sample.shape[1:]), "dtype": str(sample.dtype),
+                "queries": round(queries), "chunks": [self._chunks[c].name for c in used], "key": self.key}
+        _write_atomic(self._meta, json.dumps(meta, default=str, indent=1))  # complete once this lands
+        for leftover in self._chunk_dir.glob(".*.partial"):  # killed writers' temporary files
+            leftover.unlink(missing_ok=True)
+        log.info("cached %d samples' predictions in %s", self.rows, self.folder)
+        return True
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):  # a cache shared read-only still reads; its entries are not aged
+            (self.folder / "used").touch()
+
+    # -- index ----------------------------------------------------------------------------------------------
+
+    def _index(self) -> None:
+        """Which chunk holds each row (-1: none), and where in it."""
+        if self._meta.exists():
+            names = json.loads(self._meta.read_text())["chunks"]
+        else:
+            names = sorted(p.name for p in self._chunk_dir.glob("*.npz"))
+        self._chunks: list[_Chunk] = []
+        self._where = np.full(self.rows, -1, dtype=np.int64)
+        self._pos = np.zeros(self.rows, dtype=np.int64)
+        self._loaded.clear()
+        for name in names:
+            try:
+                with np.load(self._chunk_dir / name) as data:
+                    index, queries = data["index"], int(data["queries"])
+            except FileNotFoundError as err:
+                raise MiaError(f"the cache entry {self.folder} lost a chunk (evicted by another job?): "
+                               "run again, or raise cache.max_gb") from err
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                log.warning("ignoring unreadable cache chunk %s", self._chunk_dir / name)
+                continue
+            if len(index) == 0 or index.min() < 0 or index.max() >= self.rows:
+                log.warning("ignoring cache chunk %s: its rows do not fit the entry", self._chunk_dir / name)
+                continue
+            number = len(self._chunks)
+            self._chunks.append(_Chunk(name, len(index), queries))
+            new = self._where[index] < 0  # a row two writers stored: the first chunk by name
+            self._where[index[new]] = number
+            self._pos[index[new]] = np.nonzero(new)[0]
+
+    def _values(self, number: int) -> np.ndarray:
+        if number not in self._loaded:
+            path = self._chunk_dir / self._chunks[number].name
+            try:
+                with np.load(path) as data:
+                    self._loaded[number] = data["values"]
+            except FileNotFoundError as err:
+                raise MiaError(f"the cache entry {self.folder} was evicted while this run read it: run again, "
+                               "or raise cache.max_gb") from err
+            while len(self._loaded) > _LOADED_CHUNKS:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(number)
+        return self._loaded[number]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _test_kill_hook(partial: Path, published: int) -> None:
+    limit = os.environ.get(KILL_AFTER_CHUNKS)
+    if limit is not None and published >= int(limit):
+        with open(partial, "r+b") as handle:
+            handle.truncate(partial.stat().st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _last_use(entry: Path) -> float:
+    used = entry / "used"
+    return used.stat().st_mtime if used.exists() else entry.stat().st_mtime
+
+
+def _size(entry: Path) -> int:
+    return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+
+
+def evict(root: str | Path, max_gb: float, keep: Path) -> list[str]:
+    """Remove the least recently used entries until the cache holds at most ``max_gb`` GB; never ``keep``.
+
+    An entry is removed by renaming it away first, so another process sees it whole or not at all.
+    """
+    root = Path(root)
+    for trash in root.glob(".evicted-*"):  # left by an evicting process that was killed
+        shutil.rmtree(trash, ignore_errors=True)
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    sizes = {p: _size(p) for p in entries}
+    total, limit = sum(sizes.values()), max_gb * 1e9
+    evicted = []
+    for entry in sorted(entries, key=_last_use):
+        if total <= limit:
+            break
+        if entry.resolve() == keep.resolve():
+            continue
+        trash = root / f".evicted-{entry.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(entry, trash)
+        except OSError:  # another process evicted it first
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        total -= sizes[entry]
+        evicted.append(entry.name)
+    if evicted:
+        log.info("cache.max_gb=%s: evicted %d least recently used entries from %s", max_gb, len(evicted), root)
+    if total > limit:
+        log.warning("the prediction cache at %s holds %.2f GB, over cache.max_gb=%s, in the entry this run uses",
+                    root, total / 1e9, max_gb)
+    return evicted

@@ -1,7 +1,9 @@
 """Scoring: one attack over an evaluation set, through Lightning's predict loop, with the prediction cache.
 
 ``score`` returns the scores aligned with the evaluation set and what they cost (counted queries, seconds,
-device). Nothing here computes a metric or writes a report.
+device), on one device or several (``mia.scoring.ranks``). With the cache, the outputs are stored in chunks
+as they are made, so a killed run resumes (``mia.scoring.cache``). Nothing here computes a metric or writes
+a report.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mia import __version__
 from mia.attacks.base import Attack
 from mia.data.evaluation_set import EvaluationSet
 from mia.errors import MiaError
-from mia.scoring.cache import PredictionCache
+from mia.scoring.cache import evict
+from mia.scoring.cache_key import prediction_cache
 from mia.scoring.module import AttackModule
+from mia.scoring.ranks import WholeBatches, assemble, check_devices, gather, wait_for_workers
 from mia.targets.base import DiffusionTarget
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,9 @@ class ScoringSettings:
     make_trainer: Callable[[], L.Trainer]  # a fresh predict Trainer per call (device, progress bar)
     batch_size: int = 64
     num_workers: int = 0
-    cache_dir: str | None = None  # None: no prediction cache
+    cache_dir: str | None = None  # None: no prediction cache (and no resuming)
+    chunk_size: int = 512  # samples per cache chunk: a killed run resumes from its last complete chunk
+    max_gb: float | None = None  # bound on the cache folder, least recently used entries evicted (None: none)
 
 
 @dataclass
@@ -43,9 +49,10 @@ class Scores:
 
     values: np.ndarray  # float64 [N] scores (higher = member), or a fitted attack's features [N, ...]
     queries: int  # sample-forwards the predictions took when they were made (counted now or by the cache)
-    queries_this_run: int  # sample-forwards this call made (0 on a cache hit)
+    queries_this_run: int  # sample-forwards this call made, over every device (0 on a cache hit)
     seconds: float
     device: str
+    main: bool = True  # False on the other ranks of a multi-device run: rank zero writes files and W&B
 
 
 def check_precision(trainer: L.Trainer) -> None:
@@ -56,49 +63,45 @@ def check_precision(trainer: L.Trainer) -> None:
         )
 
 
-def prediction_cache(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, trainer: L.Trainer,
-                     cache_dir: str | None) -> PredictionCache | None:
-    """The cache for this attack's predictions, or None when caching is off or the attack cannot be cached."""
-    if cache_dir is None or not attack.cacheable:
-        return None
-    key = {
-        "format": f"mia-{__version__}",  # a change to how predictions are made must miss old caches
-        "attack": attack.name,
-        **attack.prediction_settings(),
-        "target": target.identity,
-        "samples": evalset.digest,
-        "device": trainer.strategy.root_device.type,
-        "precision": str(trainer.precision),
-    }
-    cache = PredictionCache(cache_dir, key)
-    if cache.complete:
-        log.info("reusing cached predictions from %s: no model queries", cache.folder)
-    return cache
+def check_cache_settings(settings: ScoringSettings) -> None:
+    size = settings.max_gb
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int | float) or not size > 0):
+        raise MiaError(f"cache.max_gb must be a positive number of GB (or null: no bound), got {size!r}")
 
 
 def score(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, settings: ScoringSettings) -> Scores:
     """Run ``attack`` over ``evalset`` and return its scores in the evaluation set's order."""
+    check_cache_settings(settings)
     trainer = settings.make_trainer()
     check_precision(trainer)
+    check_devices(trainer, len(evalset), settings.batch_size)
     # TF32 matmuls and convolutions on NVIDIA GPUs carry ~1e-3 relative error, enough to blur how tightly
     # members' predictions cluster; attacks want true float32 on every device.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cache = prediction_cache(attack, target, evalset, trainer, settings.cache_dir)
-    module = AttackModule(target, attack, cache, n_samples=len(evalset))
-    loader = DataLoader(evalset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers)
-    started = time.perf_counter()
+    cache = prediction_cache(attack, target, evalset, trainer, settings.cache_dir, settings.chunk_size)
+    module = AttackModule(target, attack, cache)
+    loader = DataLoader(evalset, batch_size=settings.batch_size, sampler=WholeBatches(evalset, settings.batch_size),
+                        num_workers=settings.num_workers)
     batches = trainer.predict(module, dataloaders=loader)
-    seconds = time.perf_counter() - started
-    outputs = torch.cat([b["score"] for b in batches]).numpy()
-    values = np.full((len(evalset), *outputs.shape[1:]), np.nan)
-    values[torch.cat([b["index"] for b in batches]).numpy()] = outputs
-    queries = int(sum(int(b["queries"]) for b in batches))
-    if np.isnan(values).any():
-        raise MiaError("the attack produced NaN scores; the target's predictions are broken")
-    # The attack's cost is what the predictions took when they were made, counted then or now.
-    cost = queries
     if cache is not None:
-        cost = cache.queries if cache.complete else queries
-        cache.finish(queries)
-    return Scores(values, cost, queries, seconds, str(trainer.strategy.root_device))
+        cache.flush()  # before the exchange below, so rank zero finds every rank's chunks
+    ranks = gather({"batches": batches, "read_cost": cache.read_cost if cache is not None else Fraction(0)})
+    seconds = time.perf_counter() - (module.started or time.perf_counter())
+    values = assemble([b for rank in ranks for b in rank["batches"]], len(evalset)).numpy()
+    bad = np.isnan(values.reshape(len(values), -1)).any(axis=1)
+    if bad.any():
+        raise MiaError(f"the attack produced NaN scores for {int(bad.sum())} of {len(values)} samples; "
+                       "the target's predictions are broken")
+    queries = int(sum(int(b["queries"]) for rank in ranks for b in rank["batches"]))
+    # The attack's cost is what the predictions took when they were made: counted now, or read with them.
+    cost = queries + round(sum(rank["read_cost"] for rank in ranks))
+    main = trainer.is_global_zero
+    if cache is not None and main:
+        cache.finish()
+        if settings.max_gb is not None:
+            evict(cache.root, settings.max_gb, keep=cache.folder)
+    wait_for_workers(trainer)
+    device = trainer.strategy.root_device
+    where = str(device) if trainer.world_size == 1 else f"{device.type} x {trainer.world_size}"
+    return Scores(values, cost, queries, seconds, where, main)

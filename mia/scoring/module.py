@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -14,45 +15,67 @@ from mia.scoring.cache import PredictionCache
 from mia.targets.base import DiffusionTarget
 
 
+def _rows(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The rows ``keep`` (bool [B]) of a collated batch: tensors and lists alike."""
+    picked = torch.nonzero(keep).flatten().tolist()
+    return {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) else
+            [v[i] for i in picked] if isinstance(v, (list, tuple)) else v for k, v in batch.items()}
+
+
 class AttackModule(L.LightningModule):
     """Runs an attack against a target under Lightning's predict loop (devices, progress bar).
 
-    With a cache, an attack that separates its model predictions from their aggregation (NA) reads
-    the predictions from disk when they were made before, and writes them there when not. A fitted
-    attack's batch output is its features [B, ...], not scores.
+    What the scores are made of (NA: its k noise predictions; other attacks: the scores) is read from
+    the cache for the rows it holds and computed, then cached, for the others. A batch's output may be
+    of any shape past the batch dimension ([B] scores, [B, F] features): a fitted attack's output is its
+    features, since it is fitted on the calibration part before anything is scored.
     """
 
-    def __init__(self, target: DiffusionTarget, attack: Attack, cache: PredictionCache | None = None,
-                 n_samples: int | None = None) -> None:
+    def __init__(self, target: DiffusionTarget, attack: Attack, cache: PredictionCache | None = None) -> None:
         super().__init__()
         self.target = target
         self.attack = attack
-        self.cache = cache if attack.cacheable else None
-        self.n_samples = n_samples
+        self.cache = cache
+        self.started: float | None = None
         attack.check(target)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def on_predict_start(self) -> None:
+        # The clock starts here, once every device is up: process start-up is not the attack's time.
+        self.started = time.perf_counter()
+
+    def _compute(self, batch: dict[str, Any]) -> torch.Tensor:
         # Encoded and conditioned once per batch; every step of the attack reuses them.
-        x0 = self.target.encode(to_model_range(batch["image"]))
-        cond = self.target.conditions(batch)
         noise = SampleNoise(batch["key"], getattr(self.attack, "seed", 0))
+        x0 = self.target.encode(to_model_range(batch["image"]), noise)  # a latent draw takes the sample's noise
+        cond = self.target.conditions(batch, self.attack.guidance_scale)
+        if self.attack.cacheable or self.attack.fitted:
+            return self.attack.collect(self.target, x0, noise, cond)
+        return self.attack.score(self.target, x0, noise, cond)
+
+    def _stored_or_computed(self, batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
+        assert self.cache is not None
+        stored = self.cache.available(index)
+        if stored.all():
+            return self.cache.read(index).to(self.device)
         before = self.target.queries
-        if self.cache is None:
-            scores = self.attack.score(self.target, x0, noise, cond)
-        else:
-            start, stop = int(batch["index"][0]), int(batch["index"][-1]) + 1
-            if stop - start != len(x0):
-                raise ValueError("cached attacks need the evaluation set in order (shuffle=False)")
-            if self.cache.complete:
-                predictions = self.cache.read(start, stop).to(x0.device)
-            else:
-                predictions = self.attack.collect(self.target, x0, noise, cond)
-                self.cache.write(start, predictions, self.n_samples)
-            # A fitted attack's features go back as they are: it is fitted on the calibration part first.
-            scores = predictions if self.attack.fitted else self.attack.aggregate(predictions)
+        fresh = self._compute(batch if not stored.any() else _rows(batch, ~stored))
+        self.cache.add(index[~stored], fresh, self.target.queries - before)
+        if not stored.any():
+            return fresh
+        values = torch.empty((len(index), *fresh.shape[1:]), dtype=fresh.dtype, device=fresh.device)
+        values[(~stored).to(fresh.device)] = fresh
+        values[stored.to(fresh.device)] = self.cache.read(index[stored]).to(fresh.device)
+        return values
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        index = batch["index"].cpu()
+        before = self.target.queries
+        values = self._compute(batch) if self.cache is None else self._stored_or_computed(batch, index)
+        aggregated = self.attack.cacheable and not self.attack.fitted
+        output = self.attack.aggregate(values) if aggregated else values
         return {
-            "index": batch["index"].cpu(),
-            "score": scores.detach().to(torch.float64).cpu(),
+            "index": index,
+            "score": output.detach().to(torch.float64).cpu(),
             # Sample-forwards this batch made, counted by the hook on the denoiser.
             "queries": torch.tensor(self.target.queries - before),
         }

@@ -7,7 +7,7 @@ a forward pre-hook on the denoiser itself, so an attack cannot under-report them
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +21,10 @@ class DiffusionTarget(nn.Module):
     ``denoiser(x_t, timesteps)`` must return an object with ``.sample`` (as diffusers' UNets do) holding ε.
     ``sample_shape`` is the (channels, height, width) of x0, the denoiser's input.
     """
+
+    conditioning: ClassVar[str | None] = None  # what the denoiser is conditioned on: None, "text" or "class"
+    is_latent: ClassVar[bool] = False  # True when x0 is an autoencoder's latent, not the image
+    beta_schedule: str | None = None  # the scheduler config's beta_schedule (attacks pick defaults by it)
 
     def __init__(
         self,
@@ -60,8 +64,26 @@ class DiffusionTarget(nn.Module):
     def alpha_bar(self, t: int) -> float:
         return float(self.alphas_cumprod[t])
 
-    def conditions(self, batch: dict[str, Any]) -> Any:
+    def image_shape_for(self, size: int | None) -> tuple[int, int, int]:
+        """The image shape the evaluation set must hold when ``data.image_size`` asks for ``size``."""
+        return self.image_shape
+
+    def passes(self) -> dict[str, int]:
+        """Sample-forwards of the target's other networks (VAE encoder, text encoder), not denoiser queries."""
+        return {}
+
+    def check_guidance(self, guidance_scale: float) -> None:
+        """Refuse a guidance scale the target cannot apply (unconditional targets: anything but 1)."""
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not guidance_scale >= 1:
+            raise MiaError(f"attack.guidance_scale must be a number ≥ 1 (1 = the conditional prediction alone), "
+                           f"got {guidance_scale!r}")
+        if guidance_scale != 1 and self.conditioning is None:
+            raise MiaError(f"attack.guidance_scale={guidance_scale} needs a conditional target; {self.name} is "
+                           "unconditional (leave attack.guidance_scale=1)")
+
+    def conditions(self, batch: dict[str, Any], guidance_scale: float = 1.0) -> Any:
         """The conditions of a batch of the evaluation set that ``predict_noise`` takes (None: unconditional)."""
+        self.check_guidance(guidance_scale)
         return None
 
     def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -83,6 +105,9 @@ class DiffusionTarget(nn.Module):
             )
         return eps
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> the x0 the denoiser works on (identity for pixel-space models)."""
+    def encode(self, images: torch.Tensor, noise: Any = None) -> torch.Tensor:
+        """Images in [-1, 1] -> the x0 the denoiser works on (identity for pixel-space models).
+
+        ``noise`` is the batch's per-sample seeded noise (a SampleNoise), for encoders that draw.
+        """
         return images
