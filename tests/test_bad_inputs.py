@@ -279,6 +279,9 @@ def test_training_settings_are_one_line_and_exit_2(cli, tmp_path):
     for overrides, message in (
         (["callbacks.ema.decay=1"], "callbacks.ema.decay must be a finite number in (0.0, 1.0), got 1"),
         (["split.seed=1.5"], "split.seed must be an integer ≥ 0, got 1.5"),
+        (["training.dp.enabled=true"], "training.dp needs exactly one of noise_multiplier"),
+        (["training.dp.enabled=true", "training.dp.noise_multiplier=1", "training.dp.max_grad_norm=0"],
+         "training.dp.max_grad_norm must be a finite number > 0.0, got 0"),
     ):
         status, err, out = cli(main, *TINY_TRAIN, *overrides)
         assert_one_line(status, err, out, "mia-train", message)

@@ -39,6 +39,7 @@ class MemberDataModule(L.LightningDataModule):
         num_workers: int = 0,
         probe_size: int = 128,
         indices: tuple[np.ndarray, np.ndarray] | None = None,
+        poisson_sampling: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -51,6 +52,7 @@ class MemberDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.probe_size = probe_size
         self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
+        self.poisson_sampling = poisson_sampling  # DP-SGD: each member joins each batch independently
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
@@ -101,14 +103,30 @@ class MemberDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.members is not None
+        dataset = with_captions(TensorDataset(self.members), self.captions[0] if self.captions else None)
+        batch_size = min(self.batch_size, len(self.members))
+        if self.poisson_sampling:
+            from opacus.data_loader import DPDataLoader
+
+            # DP-SGD's accounting assumes Poisson sampling: every member joins every batch with probability
+            # q, independently, so batch sizes vary around batch_size (Opacus' DPDataLoader, built here
+            # rather than from the loader below, whose drop_last it would ignore with a warning).
+            return DPDataLoader(dataset, sample_rate=self.sample_rate, num_workers=self.num_workers,
+                                persistent_workers=self.num_workers > 0)
         return DataLoader(
-            with_captions(TensorDataset(self.members), self.captions[0] if self.captions else None),
-            batch_size=min(self.batch_size, len(self.members)),
+            dataset,
+            batch_size=batch_size,
             shuffle=True,
             drop_last=True,  # equal-sized batches: no tiny last batch with a noisy gradient
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    @property
+    def sample_rate(self) -> float:
+        """The chance a member is in a given training batch: 1 / (batches per epoch), as DP-SGD accounts it."""
+        assert self.members is not None
+        return 1 / (len(self.members) // min(self.batch_size, len(self.members)))
 
     def val_dataloader(self) -> DataLoader:
         assert self.members is not None and self.nonmembers is not None

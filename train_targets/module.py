@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -13,6 +13,9 @@ from torchvision.utils import make_grid, save_image
 
 from mia.data.images import to_model_range
 from mia.errors import MiaError
+
+if TYPE_CHECKING:
+    from train_targets.privacy import PrivateTraining
 
 
 class DDPMTarget(L.LightningModule):
@@ -35,6 +38,9 @@ class DDPMTarget(L.LightningModule):
         self.save_hyperparameters()
         self.unet = UNet2DModel(**unet)
         self.noise_scheduler = DDPMScheduler(**scheduler)
+        # DP-SGD (training.dp): set by mia-train before fit; None trains as usual. Not a hyperparameter: the
+        # checkpoint keeps its accounting under "privacy" (on_save_checkpoint).
+        self.privacy: PrivateTraining | None = None
 
     @property
     def denoiser(self) -> UNet2DModel:
@@ -62,9 +68,15 @@ class DDPMTarget(L.LightningModule):
         if self.hparams.hflip:
             flip = torch.rand(len(x0), device=x0.device) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        # One timestep and one noise per member, and a mean over the batch of each member's own loss: the
+        # per-sample loss DP-SGD clips the gradient of (Opacus' loss_reduction="mean").
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         loss = F.mse_loss(self(self.noise_scheduler.add_noise(x0, noise, t), t), noise)
+        if len(x0) == 0:
+            # Poisson sampling (DP-SGD) can draw an empty batch. The step still runs, so the optimizer adds the
+            # noise and the accountant counts it, as the guarantee assumes; the loss of no sample is not logged.
+            return loss
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
@@ -129,6 +141,25 @@ class DDPMTarget(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
             betas=tuple(self.hparams.betas),
         )
+        if self.privacy is not None:
+            # Opacus needs the training loader for the sampling rate; the data module builds the same one
+            # Lightning trains on (Poisson-sampled under DP).
+            optimizer = self.privacy.make_private(self.unet, optimizer, self.trainer.datamodule.train_dataloader())
         warmup = max(1, int(self.hparams.warmup_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.privacy is not None:  # the accountant's history: a resumed run's ε counts every step
+            checkpoint["privacy"] = self.privacy.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("privacy")
+        if self.privacy is None and saved is not None:
+            raise MiaError("the checkpoint was trained with DP-SGD (training.dp); resume it with training.dp.enabled="
+                           "true, or train a non-private target from the start")
+        if self.privacy is not None:
+            if saved is None:
+                raise MiaError("the checkpoint was trained without DP-SGD, so its steps are not private; train with "
+                               "training.dp.enabled=true from the start instead of resuming it")
+            self.privacy.load_state_dict(saved)

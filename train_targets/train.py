@@ -21,6 +21,7 @@ from mia.reporting.provenance import provenance
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget
+from train_targets.privacy import PrivateTraining, dp_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,42 @@ def resume_path(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
+def check_trainer_for_dp(cfg: DictConfig) -> None:
+    """Make the trainer's settings fit DP-SGD (in ``cfg``, so the record says what ran), or refuse them."""
+    trainer = cfg.trainer
+    if trainer.get("gradient_clip_val") is not None:
+        # Lightning would clip the batch's summed gradient, which DP-SGD never uses: the DPOptimizer replaces
+        # it by the clipped per-sample gradients plus noise. Off, so no one reads a clipping that did nothing.
+        log.info("DP-SGD: trainer.gradient_clip_val=%s turned off; each member's gradient is clipped to "
+                 "training.dp.max_grad_norm instead", trainer.gradient_clip_val)
+        OmegaConf.update(cfg, "trainer.gradient_clip_val", None)
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise MiaError(f"training.dp (DP-SGD) takes one batch per optimizer step; trainer.accumulate_grad_batches="
+                       f"{accumulate} would sum per-sample gradients of several Poisson batches. Raise batch_size "
+                       "instead")
+    precision = OmegaConf.to_container(trainer, resolve=False).get("precision")
+    if precision == "${auto_precision:}":
+        # The automatic choice is bf16-mixed on a bf16 GPU; per-sample gradients under autocast are not
+        # tested here, and full precision costs DP-SGD little next to its per-sample gradients.
+        if str(trainer.precision) not in ("32-true", "32"):
+            log.info("DP-SGD: trainer.precision=32-true instead of the automatic %s", trainer.precision)
+        OmegaConf.update(cfg, "trainer.precision", "32-true")
+    elif str(trainer.precision) not in ("32-true", "32"):
+        raise MiaError(f"training.dp (DP-SGD) trains in full precision; set trainer.precision=32-true (got "
+                       f"{trainer.precision}: per-sample gradients in reduced precision, and a 16-bit loss scale "
+                       "clipped with them, are not supported here)")
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Build data, model and trainer from the config, fit, export; returns the training summary."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     export_dir = check_export_dir(cfg.export_dir, cfg.overwrite)
     ckpt_path = resume_path(cfg.ckpt_path)
+    dp = dp_settings(cfg.get("training", {}).get("dp"))  # a bad combination is refused here, before any work
+    if dp is not None:
+        check_trainer_for_dp(cfg)
 
     data_config = with_absolute_root(OmegaConf.to_container(cfg.data, resolve=True))
     pool = build_pool(data_config)
@@ -53,18 +84,30 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         num_workers=cfg.num_workers,
         probe_size=cfg.probe_size,
         indices=imported_indices(cfg.split, pool),  # split.import_from: the literature's split file
+        poisson_sampling=dp is not None and dp.poisson_sampling,
     )
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 
     model: DDPMTarget = build(cfg.target, _convert_="all")  # a MiaError from the model's own checks: one line
+    if dp is not None and not isinstance(model, DDPMTarget):
+        raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
+                       f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
     model.check_fits(pool.channels, pool.image_size)
     if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
         model.check_data(datamodule)
+    if dp is not None:
+        model.privacy = PrivateTraining(dp, members=len(split.members), max_steps=cfg.trainer.max_steps)
+        model.privacy.check_model(model.denoiser)
+        model.privacy.plan(datamodule.sample_rate)  # an unreachable ε: refused here
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
         logger=build_loggers(cfg.get("logger")),
     )
+    if dp is not None and trainer.world_size > 1:
+        raise MiaError(f"training.dp (DP-SGD) trains on one device; this trainer has {trainer.world_size} processes. "
+                       "Set trainer.devices=1 (Opacus' DPDDP, which would add the noise once across ranks, is not "
+                       "wired into Lightning's DDP here)")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     n_params = sum(p.numel() for p in model.denoiser.parameters())
@@ -77,6 +120,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
             f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"
         )
 
+    if dp is not None:
+        model.privacy.release()  # the exported UNet carries no Opacus hooks or per-sample gradients
     steps = trainer.global_step
     info = {
         "steps": steps,
@@ -92,6 +137,12 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "config": OmegaConf.to_container(cfg, resolve=True),
         "provenance": provenance(device=str(trainer.strategy.root_device), split=split),
     }
+    if dp is not None:
+        info["dp"] = model.privacy.spent()
+        spent = info["dp"]
+        log.info("DP-SGD spent ε = %s at δ = %g over %d steps (noise multiplier %s, max_grad_norm %g, %s)",
+                 "∞" if spent["epsilon"] is None else f"{spent['epsilon']:.4g}", spent["delta"], spent["steps"],
+                 spent["noise_multiplier"], spent["max_grad_norm"], spent["accountant"])
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info
     export_target(model.pipeline(), split, export_dir, info, overwrite=cfg.overwrite)
