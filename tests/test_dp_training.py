@@ -117,6 +117,31 @@ def test_each_members_gradient_is_clipped_and_noised(tmp_path: Path, noise_multi
         assert float(last.step_grad.std()) == pytest.approx(expected_std, rel=0.03)
 
 
+class BatchSizes(L.Callback):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.updates: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.sizes.append(len(batch[0]))
+        self.before = [p.detach().clone() for p in pl_module.unet.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = list(pl_module.unet.parameters())
+        self.updates.append(any(not torch.equal(a, p) for a, p in zip(self.before, now, strict=True)))
+
+
+def test_an_empty_poisson_batch_is_a_step_of_noise_that_counts(tmp_path: Path):
+    # batch_size=1 over 24 members: sampling rate 1/24, so a batch is empty about a third of the time.
+    sizes = BatchSizes()
+    info = train(compose_config("train", [*DP, "training.dp.noise_multiplier=1.0", f"training.dp.delta={DELTA}",
+                                          "batch_size=1", "~callbacks.ema"], tmp_path), extra_callbacks=[sizes])
+    assert 0 in sizes.sizes and len(set(sizes.sizes)) > 1  # Poisson: batch sizes vary, and one was empty
+    assert all(sizes.updates)  # the empty batch's step moved the weights too: noise was added
+    assert info["dp"]["steps"] == 6
+    assert info["dp"]["epsilon"] == pytest.approx(rdp_epsilon(1.0, 1 / 24, 6, DELTA), rel=1e-9)
+
+
 def test_target_epsilon_is_reached_at_max_steps(tmp_path: Path):
     info = train(compose_config("train", [*DP, "training.dp.target_epsilon=8.0", f"training.dp.delta={DELTA}",
                                           "~callbacks.ema"], tmp_path))

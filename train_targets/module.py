@@ -63,8 +63,15 @@ class DDPMTarget(L.LightningModule):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x_t, t).sample
 
-    def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x0 = to_model_range(batch[0])
+        self._empty_batch = len(x0) == 0
+        if self._empty_batch:
+            # Poisson sampling (DP-SGD) can draw no member at all; diffusers' attention cannot run on a batch
+            # of 0. No forward, no backward: the optimizer step still runs (on_before_optimizer_step gives it
+            # empty per-sample gradients), so the noise is added and the accountant counts the step, as the
+            # guarantee assumes.
+            return None
         if self.hparams.hflip:
             flip = torch.rand(len(x0), device=x0.device) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
@@ -73,10 +80,6 @@ class DDPMTarget(L.LightningModule):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         loss = F.mse_loss(self(self.noise_scheduler.add_noise(x0, noise, t), t), noise)
-        if len(x0) == 0:
-            # Poisson sampling (DP-SGD) can draw an empty batch. The step still runs, so the optimizer adds the
-            # noise and the accountant counts it, as the guarantee assumes; the loss of no sample is not logged.
-            return loss
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
@@ -148,6 +151,10 @@ class DDPMTarget(L.LightningModule):
         warmup = max(1, int(self.hparams.warmup_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.privacy is not None and getattr(self, "_empty_batch", False):
+            self.privacy.empty_step(self.unet)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.privacy is not None:  # the accountant's history: a resumed run's ε counts every step

@@ -175,6 +175,8 @@ class PrivateTraining:
         # the output's gradient only: all Opacus needs there (the weights' per-sample gradients).
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
                                 "respect to module outputs since no inputs require gradients")
+        # An empty Poisson batch skips the forward on purpose (DDPMTarget.training_step); Lightning warns of it.
+        warnings.filterwarnings("ignore", message="`training_step` returned `None`")
         log.info(
             "DP-SGD on: per-sample gradients clipped to %g, noise multiplier %.4f, sampling rate %.4g (%s "
             "sampling), %s accountant; noise from torch's seeded generator, not a cryptographic one",
@@ -182,6 +184,12 @@ class PrivateTraining:
             "Poisson" if self.settings.poisson_sampling else "shuffled fixed-size", self.settings.accountant,
         )
         return dp_optimizer
+
+    def empty_step(self, denoiser: torch.nn.Module) -> None:
+        """Give every parameter the per-sample gradients of a batch of no sample, for a step of noise only."""
+        for p in denoiser.parameters():
+            if p.requires_grad:
+                p.grad_sample = p.new_zeros((0, *p.shape))
 
     def release(self) -> None:
         """Remove the hooks and the per-sample gradients from the UNet (before it is exported)."""
