@@ -142,6 +142,19 @@ def test_an_empty_poisson_batch_is_a_step_of_noise_that_counts(tmp_path: Path):
     assert info["dp"]["epsilon"] == pytest.approx(rdp_epsilon(1.0, 1 / 24, 6, DELTA), rel=1e-9)
 
 
+def test_the_prv_accountant_is_used_when_asked(tmp_path: Path):
+    from opacus.accountants import PRVAccountant
+
+    info = train(compose_config("train", [*DP, "training.dp.noise_multiplier=1.0", f"training.dp.delta={DELTA}",
+                                          "training.dp.accountant=prv", "trainer.max_steps=3", "~callbacks.ema"],
+                                tmp_path))
+    oracle = PRVAccountant()
+    oracle.history = [(1.0, 1 / 3, 3)]
+    assert info["dp"]["accountant"] == "prv"
+    assert info["dp"]["epsilon"] == pytest.approx(oracle.get_epsilon(DELTA), rel=1e-6)
+    assert info["dp"]["epsilon"] < rdp_epsilon(1.0, 1 / 3, 3, DELTA)  # PRV's bound is the tighter one
+
+
 def test_target_epsilon_is_reached_at_max_steps(tmp_path: Path):
     info = train(compose_config("train", [*DP, "training.dp.target_epsilon=8.0", f"training.dp.delta={DELTA}",
                                           "~callbacks.ema"], tmp_path))
