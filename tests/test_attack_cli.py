@@ -174,6 +174,7 @@ def test_images_that_do_not_fit_the_model_are_refused(tiny_target: Path, tmp_pat
         attack(relabelled, tmp_path / "run2")
 
 
+@pytest.mark.slow  # mia-attack processes, ~17 s; in-process twins in test_bad_inputs.py (`make test-slow`)
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.run(

@@ -90,6 +90,7 @@ def test_the_summary_callback_records_failures_only_in_multiruns(tmp_path: Path)
     assert single.status == JobStatus.FAILED and not (tmp_path / "RUN/ZeroDivisionError/error.txt").exists()
 
 
+@pytest.mark.slow  # eight attack jobs in a separate process, ~25 s (`make test-slow`)
 def test_comparing_every_attack_on_a_pixel_target_skips_clid(tiny_target: Path, tmp_path: Path):
     process = multirun(tmp_path, f"target.path={tiny_target}", "experiment=compare_attacks")
     assert process.returncode == 0, process.stderr[-3000:]  # skipped is no failure

@@ -137,6 +137,7 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
+@pytest.mark.slow  # mia-train processes, ~15 s; in-process twins in test_bad_inputs.py (`make test-slow`)
 def test_cli_bad_input_is_one_line_and_a_nonzero_exit(tmp_path: Path):
     process = _cli("data=folder", f"data.root={tmp_path}/missing", "logger=none", f"hydra.run.dir={tmp_path}/run",
                    cwd=tmp_path)
@@ -147,6 +148,7 @@ def test_cli_bad_input_is_one_line_and_a_nonzero_exit(tmp_path: Path):
     assert not (tmp_path / "run" / "target").exists()
 
 
+@pytest.mark.slow  # two mia-train processes, ~30 s of start-up (`make test-slow`)
 def test_cli_unknown_option_or_value_fails(tmp_path: Path):
     for override in ("data=imagenet", "no_such_key=1"):
         process = _cli(override, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -156,6 +158,7 @@ def test_cli_unknown_option_or_value_fails(tmp_path: Path):
         assert "Traceback" not in stderr
 
 
+@pytest.mark.slow  # two mia-train processes and a kill, ~30 s (`make test-slow`)
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path):
     run = tmp_path / "run"
     args = [*[a for a in TINY_TRAIN if not a.startswith("trainer.max_steps")], "logger=csv",

@@ -33,11 +33,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # What the weights-only unpickler refuses (a global, an opcode it does not take) is refused here;
-        # anything else it cannot read is not a checkpoint at all.
         reason = _unpickler_reason(err)
-        if "Unsupported" not in reason:
-            raise MiaError(f"{path} is not a mia-train checkpoint ({reason})") from err
+        if "Unsupported global" not in reason:  # an opcode it does not take: a foreign or broken file
+            raise MiaError(f"{path} is not a mia-train checkpoint (it does not load with torch.load("
+                           f"weights_only=True): {reason})") from err
         raise MiaError(
             f"{path} holds more than tensors and plain types ({reason}), so it is refused: loading it would need "
             "torch.load(weights_only=False), which runs code the file carries. mia-train's checkpoints load with "
