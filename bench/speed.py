@@ -1,7 +1,8 @@
 """Speed benchmark (`make bench`): three ratios, each measured within this one run.
 
 1. attack overhead: NA's wall time over an evaluation set / (k x plain batched UNet forwards over it);
-   goal <= 1.10.
+   goal <= 1.10. The same for a latent text-to-image target: NA / (k UNet forwards + one VAE encode and one
+   text-encoder pass per sample, the least a conditional prediction needs); goal <= 1.10.
 2. training throughput: mia-train's steps per second / a minimal PyTorch loop with the same diffusers UNet,
    batch and data; goal >= 0.95.
 3. memory: peak resident memory of an attack over 8,000 samples / over 1,000; goal <= 1.2 (each in a
@@ -160,6 +161,69 @@ def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> 
             "samples": len(evalset), "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
 
 
+def make_captioned_images(root: Path, count: int, size: int) -> None:
+    """``count`` random images with short random captions, in the imagefolder convention (metadata.jsonl)."""
+    rng = np.random.default_rng(1)
+    words = ["a", "red", "dog", "runs", "on", "the", "grass", "small", "boy", "near", "water", "blue", "ball"]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append({"file_name": f"images/{i}.png", "text": " ".join(rng.choice(words, size=6))})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
+    """NA through mia on a latent text-to-image target over its plain parts: k UNet passes, one VAE encode
+    and one text-encoder pass per sample (the demo's model size, one training step: speed only)."""
+    from mia.attacks import NoiseAggregation
+    from mia.cli.attack import scoring_settings
+    from mia.data.evaluation_set import evaluation_set_for
+    from mia.data.images import to_model_range
+    from mia.scoring.engine import score
+    from mia.targets.loading import load_target
+    from train_targets.train import train
+
+    make_captioned_images(work / "captioned", samples, 32)
+    train(config("train", [
+        "data=captioned_folder", f"data.root={work / 'captioned'}", "data.image_size=32",
+        "target=text_to_image_small", f"split.members={samples // 2}", f"split.nonmembers={samples // 2}",
+        "batch_size=16", "probe_size=4", "logger=none", "trainer.max_steps=1", "trainer.val_check_interval=2",
+        "target.autoencoder.steps=1", "target.sample_count=0", "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=100000",
+    ], work / "latent_run"))
+    cfg = config("attack", [f"target.path={work / 'latent_run' / 'target'}", "cache.enabled=false", "logger=none",
+                            "trainer.enable_progress_bar=false"], work / "latent_overhead")
+    attack = NoiseAggregation()
+    target, split = load_target(cfg.target, cfg.data)
+    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
+    batch = cfg.data.batch_size
+    captions = evalset.extras["caption"]
+    batches = [(to_model_range(evalset.images[i : i + batch]), captions[i : i + batch])
+               for i in range(0, len(evalset), batch)]
+    unet, vae, text_encoder, tokenizer = target.denoiser, target.vae, target.text_encoder, target.tokenizer
+
+    def plain() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for x, text in batches:
+                z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+                ids = tokenizer(list(text), padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids
+                embedding = text_encoder(ids)[0]
+                for t in attack.timesteps():
+                    unet(z, torch.full((len(z),), t), encoder_hidden_states=embedding)
+        return time.perf_counter() - started
+
+    na_times, plain_times = [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both
+        plain_times.append(plain())
+        na_times.append(score(attack, target, evalset, scoring_settings(cfg)).seconds)
+    ratio = min(na_times) / min(plain_times)
+    return {"na_seconds": min(na_times), "plain_seconds": min(plain_times), "k": attack.k, "samples": len(evalset),
+            "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
+
+
 def attack_memory(target_dir: Path, work: Path, per_class: int) -> dict:
     """Resident memory (MB) of a `mia-attack` over 2 x per_class samples, in a fresh process."""
     command = [sys.executable, "-m", "bench.attack_memory", f"target.path={target_dir}", "attack=na",
@@ -172,45 +236,60 @@ def attack_memory(target_dir: Path, work: Path, per_class: int) -> dict:
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
+def pixel_ratios(results: dict, work: Path, args: argparse.Namespace) -> None:
+    """The pixel target's ratios: training throughput, attack overhead, memory."""
+    log.info("making 9,000 synthetic %dx%d images ...", IMAGE_SIZE, IMAGE_SIZE)
+    make_images(work / "images", 9000)
+    log.info("training throughput (%d steps) ...", args.train_steps)
+    results["training"] = training_ratio(work / "images", work, args.train_steps, skip=10, repeats=args.repeats)
+    # A target whose split holds 4,000 members and 4,000 non-members (one training step: speed only).
+    from train_targets.train import train
+
+    train(config("train", train_overrides(work / "images", 4000, 4000, 1), work / "target_run"))
+    target_dir = work / "target_run" / "target"
+    log.info("attack overhead (%d samples) ...", args.overhead_samples)
+    results["attack_overhead"] = overhead_ratio(target_dir, work, args.overhead_samples, args.repeats)
+    log.info("peak memory (1,000 and 8,000 samples) ...")
+    small, large = attack_memory(target_dir, work, 500), attack_memory(target_dir, work, 4000)
+    ratio = large["peak_mb"] / small["peak_mb"]
+    results["memory"] = {
+        "peak_rss_mb_1000": small["peak_mb"], "peak_rss_mb_8000": large["peak_mb"],
+        # What the attack adds on top of the loaded libraries, for each size.
+        "growth_mb_1000": small["peak_mb"] - small["before_mb"],
+        "growth_mb_8000": large["peak_mb"] - large["before_mb"],
+        "ratio": ratio, "goal": "<= 1.2", "met": ratio <= 1.2,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--overhead-samples", type=int, default=512)
+    parser.add_argument("--latent-samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "speed.json")
+    parser.add_argument("--only", choices=["latent"], help="run one ratio only (others are kept from --out)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "speed.json",
+                        help="the results (kept in the repository: docs/results.md is written from it)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     torch.manual_seed(0)
-    results = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}"}
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    results = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    results["machine"] = machine
     with tempfile.TemporaryDirectory(prefix="mia-bench-") as tmp:
         work = Path(tmp)
-        log.info("making 9,000 synthetic %dx%d images ...", IMAGE_SIZE, IMAGE_SIZE)
-        make_images(work / "images", 9000)
-        log.info("training throughput (%d steps) ...", args.train_steps)
-        results["training"] = training_ratio(work / "images", work, args.train_steps, skip=10, repeats=args.repeats)
-        # A target whose split holds 4,000 members and 4,000 non-members (one training step: speed only).
-        from train_targets.train import train
-
-        train(config("train", train_overrides(work / "images", 4000, 4000, 1), work / "target_run"))
-        target_dir = work / "target_run" / "target"
-        log.info("attack overhead (%d samples) ...", args.overhead_samples)
-        results["attack_overhead"] = overhead_ratio(target_dir, work, args.overhead_samples, args.repeats)
-        log.info("peak memory (1,000 and 8,000 samples) ...")
-        small, large = attack_memory(target_dir, work, 500), attack_memory(target_dir, work, 4000)
-        ratio = large["peak_mb"] / small["peak_mb"]
-        results["memory"] = {
-            "peak_rss_mb_1000": small["peak_mb"], "peak_rss_mb_8000": large["peak_mb"],
-            # What the attack adds on top of the loaded libraries, for each size.
-            "growth_mb_1000": small["peak_mb"] - small["before_mb"],
-            "growth_mb_8000": large["peak_mb"] - large["before_mb"],
-            "ratio": ratio, "goal": "<= 1.2", "met": ratio <= 1.2,
-        }
+        if args.only != "latent":
+            pixel_ratios(results, work, args)
+        log.info("latent attack overhead (%d samples) ...", args.latent_samples)
+        results["latent_overhead"] = latent_overhead_ratio(work, args.latent_samples, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nspeed benchmark ({results['machine']}); ratios within this run:")
-    for name, key in (("attack overhead", "attack_overhead"), ("training throughput", "training"),
-                      ("memory 8k / 1k", "memory")):
+    for name, key in (("attack overhead", "attack_overhead"), ("latent overhead", "latent_overhead"),
+                      ("training throughput", "training"), ("memory 8k / 1k", "memory")):
+        if key not in results:
+            continue
         entry = results[key]
         print(f"  {name:<20} {entry['ratio']:.3f}  (goal {entry['goal']}: {'met' if entry['met'] else 'MISSED'})")
     print(f"details: {args.out}")
