@@ -16,8 +16,12 @@ celeba=${2:-../shared/data/celeba}
 bin=.venv/bin
 keep=bench/strength
 quiet=(trainer.enable_progress_bar=false)
-# The defended target: DP-SGD to (ε = 10, δ = 1e-5) on the same split, same steps (docs/method.md).
-dp=(training.dp.enabled=true training.dp.target_epsilon=10 training.dp.max_grad_norm=1.0 training.dp.delta=1e-5)
+# The defended target: DP-SGD to (ε = 10, δ = 1e-5) on the seed-0 split (docs/method.md).
+# Per-sample gradients make a step about 3x slower on CPU, so it trains for half the steps; the undefended
+# target is attacked at the same step too (its checkpoint), for a like-for-like row.
+dp_steps=500
+dp=(training.dp.enabled=true training.dp.target_epsilon=10 training.dp.max_grad_norm=1.0 training.dp.delta=1e-5
+    trainer.max_steps=$dp_steps trainer.val_check_interval=$dp_steps)
 
 train_target() {  # dataset root seed name [overrides...]
   local dataset=$1 root=$2 seed=$3 name=$4
@@ -29,9 +33,11 @@ train_target() {  # dataset root seed name [overrides...]
   fi
 }
 
-attack_target() {  # dataset name
-  local out=runs/strength/$1/$2
-  local common=(target.path="$out/target" protocol.calibration=0.25 logger=none "${quiet[@]}")
+attack_target() {  # dataset name [label overrides...]: the target runs/strength/<dataset>/<name>, results under <label>
+  local target=runs/strength/$1/$2/target dataset=$1 label=${3:-$2}
+  shift $(($# < 3 ? $# : 3))
+  local out=runs/strength/$dataset/$label
+  local common=(target.path="$target" protocol.calibration=0.25 logger=none "${quiet[@]}" "$@")
   $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
   for pair in na:na_grid loss:loss_t pia:pia_t pian:pian_t secmi:secmi_t_sec sima:sima_t; do
     $bin/mia-attack attack="${pair%%:*}" tune="${pair##*:}" "${common[@]}" hydra.run.dir="$out/tuned/${pair%%:*}"
@@ -39,9 +45,9 @@ attack_target() {  # dataset name
   $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
   $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
 
-  local dest=$keep/$1/$2
+  local dest=$keep/$dataset/$label
   mkdir -p "$dest"
-  cp "$out/target/training.json" "$dest/training.json"
+  cp "$target/training.json" "$dest/training.json"
   cp "$out/defaults/summary.csv" "$dest/defaults_summary.csv"
   for run in "$out"/defaults/*/ "$out"/tuned/*/ "$out"/learned/*/; do
     [ -f "$run/metrics.json" ] || continue
@@ -56,7 +62,11 @@ for part in $parts; do
   case $part in
     cifar10) for seed in 0 1 2; do train_target cifar10 "$cifar10" "$seed" "seed$seed"; attack_target cifar10 "seed$seed"; done ;;
     celeba) train_target celeba "$celeba" 0 seed0; attack_target celeba seed0 ;;
-    dp) train_target cifar10 "$cifar10" 0 dp_seed0 "${dp[@]}"; attack_target cifar10 dp_seed0 ;;
+    dp)  # the defended target, and the undefended seed-0 target at the same step (its kept checkpoint)
+      train_target cifar10 "$cifar10" 0 dp_seed0 "${dp[@]}"
+      attack_target cifar10 dp_seed0
+      attack_target cifar10 seed0 seed0_step"$dp_steps" \
+        target.checkpoint=runs/strength/cifar10/seed0/train/checkpoints/step$(printf %07d "$dp_steps").ckpt ;;
     *) echo "strength.sh: unknown part $part (cifar10, celeba, dp)" >&2; exit 2 ;;
   esac
 done

@@ -24,8 +24,9 @@ RESULTS = REPO / "docs" / "results.md"
 MARKER = "<!-- notes -->"
 ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima")] + \
        [("tuned", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima")] + \
-       [("learned", "secmi_nn"), ("learned", "learned")]
-LABEL = {"defaults": "{} (defaults)", "tuned": "{} (tuned)", "learned": "{}"}
+       [("learned", "secmi_nn"), ("learned", "learned"), ("variant", "na")]
+LABEL = {"defaults": "{} (defaults)", "tuned": "{} (tuned)", "learned": "{}",
+         "variant": "{}, statistic=magnitude (a variant, not the paper's)"}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -174,29 +175,39 @@ def text_to_image_section() -> list[str]:
 ROW_ORDER_T2I = ["na", "loss", "pia", "pian", "secmi", "sima", "clid_th", "clid_vec"]
 
 
+def _flip_rows(path: Path) -> dict[tuple[str, int, float], dict[str, str]]:
+    with open(path) as handle:
+        return {(r["statistic"], int(r["t"]), float(r["noise_scale"])): r for r in csv.DictReader(handle)}
+
+
 def na_flip_section() -> list[str]:
     root = BENCH / "na_flip"
     if not (root / "na_flip.csv").exists():
         return []
-    with open(root / "na_flip.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    scales = sorted({float(r["noise_scale"]) for r in rows})
-    timesteps = sorted({int(r["t"]) for r in rows})
-    statistic = rows[0].get("statistic", "pairwise_l2")
-    by = {(int(r["t"]), float(r["noise_scale"])): r for r in rows if r.get("statistic", statistic) == statistic}
-    out = ["## Why NA flips", "", "Made by `python -m bench.na_flip` on the CIFAR-10 seed-0 strength target (a "
-           "measurement, not a choice: nothing is tuned on it). AUC of NA's statistic "
-           f"({statistic}) per start timestep t and noise scale s, and in brackets the members' / non-members' "
-           "median statistic:", "",
+    rows = _flip_rows(root / "na_flip.csv")
+    if (root / "na_flip_scaling.csv").exists():
+        rows |= _flip_rows(root / "na_flip_scaling.csv")
+    scales = sorted({s for _, _, s in rows})
+    timesteps = sorted({t for _, t, _ in rows})
+    out = ["## Why NA flips", "",
+           "Made by `python -m bench.na_flip target.path=runs/strength/cifar10/seed0/target "
+           "flip.timesteps=[40,80,120,200]` on the CIFAR-10 seed-0 strength target (128 members, 256 non-members; "
+           "a measurement, nothing is tuned on it; the CSVs are in `bench/na_flip/`). Per start timestep t and "
+           "noise scale s: the AUC of the paper's statistic (pairwise_l2, the predictions' scatter), then the AUC "
+           "of their magnitude (1/k)·Σ‖ε̂_i‖², and in brackets the members' / non-members' median magnitude over "
+           "s²·D, the expected size of the injected noise:", "",
            "| t | " + " | ".join(f"s = {s:g}" for s in scales) + " |", "|---|" + "---|" * len(scales)]
     for t in timesteps:
         cells = []
         for s in scales:
-            r = by.get((t, s))
-            cells.append("" if r is None else f"{float(r['auc']):.3f} ({float(r['member_median']):.3g} / "
-                                              f"{float(r['nonmember_median']):.3g})")
+            scatter, size = rows.get(("pairwise_l2", t, s)), rows.get(("magnitude / s²D", t, s))
+            cell = "" if scatter is None else f"{float(scatter['auc']):.3f}"
+            if size is not None:
+                cell += (f" / {float(size['auc']):.3f} ({float(size['member_median']):.3g} / "
+                         f"{float(size['nonmember_median']):.3g})")
+            cells.append(cell)
         out.append(f"| {t} | " + " | ".join(cells) + " |")
-    out += ["", "![NA's statistic against the start timestep, per noise scale](images/na_flip.png)", ""]
+    out += ["", "![NA's statistics against the start timestep, per noise scale](images/na_flip.png)", ""]
     return out
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mia.attacks.aggregation import aggregation_score, centroid, density, pairwise_l1, pairwise_l2
+from mia.attacks.aggregation import aggregation_score, centroid, density, magnitude, pairwise_l1, pairwise_l2
 
 # Three 2-D predictions for one sample: (0,0), (3,0), (0,4).
 E = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]], dtype=torch.float64)
@@ -29,6 +29,11 @@ def test_centroid_by_hand():
     assert centroid(E).item() == pytest.approx(sum(distances) / 3)
 
 
+def test_magnitude_by_hand():
+    # Squared norms: 0, 9, 16, over k = 3.
+    assert magnitude(E).item() == pytest.approx((0 + 9 + 16) / 3)
+
+
 def test_density_by_hand():
     # Nearest neighbours: (0,0)->3, (3,0)->3, (0,4)->4.
     assert density(E, delta=0.0).item() == pytest.approx((1 / 3 + 1 / 3 + 1 / 4) / 3)
@@ -36,7 +41,7 @@ def test_density_by_hand():
 
 def test_scores_are_oriented_higher_is_tighter():
     tight = E * 0.1
-    for statistic in ("pairwise_l2", "pairwise_l1", "centroid", "density"):
+    for statistic in ("pairwise_l2", "pairwise_l1", "centroid", "magnitude", "density"):
         assert aggregation_score(tight, statistic) > aggregation_score(E, statistic)
     assert aggregation_score(E, "pairwise_l2").item() == pytest.approx(-math.log(100 / 9 + 1e-12))
 

@@ -41,10 +41,22 @@ def density(eps: torch.Tensor, delta: float = 1e-12) -> torch.Tensor:
     return (1.0 / (dist.min(2).values + delta)).mean(1)
 
 
+def magnitude(eps: torch.Tensor) -> torch.Tensor:
+    """``(1/k)·Σ_i ‖ε̂_i‖²₂``: how large the predictions are, not how they scatter (a variant, not the paper's).
+
+    Measured against the injected noise (docs/results.md, "Why NA flips"), a member's predictions come out
+    smaller than a non-member's at every start timestep and noise scale tried, while the paper's dispersion
+    flips sign with the noise scale; on the same k predictions, so it costs no extra query.
+    """
+    return eps.to(torch.float64).pow(2).sum(2).mean(1)
+
+
+# Statistics where a lower value means "member"; the score is −log(value + δ).
 DISPERSIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "pairwise_l2": pairwise_l2,
     "pairwise_l1": pairwise_l1,
     "centroid": centroid,
+    "magnitude": magnitude,
 }
 STATISTICS = (*DISPERSIONS, "density")
 
