@@ -184,7 +184,7 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     from mia.targets.loading import load_target
     from train_targets.train import train
 
-    make_captioned_images(work / "captioned", samples, 32)
+    make_captioned_images(work / "captioned", samples + 64, 32)  # 64 outside the split: the autoencoder's
     train(config("train", [
         "data=captioned_folder", f"data.root={work / 'captioned'}", "data.image_size=32",
         "target=text_to_image_small", f"split.members={samples // 2}", f"split.nonmembers={samples // 2}",
@@ -196,7 +196,9 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
                             "trainer.enable_progress_bar=false"], work / "latent_overhead")
     attack = NoiseAggregation()
     target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
+    # Decoded once up front for both sides (mia-attack streams a latent target's images instead): the ratio
+    # is the attack path's overhead, not image decoding.
+    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path), target.conditioning)
     batch = cfg.data.batch_size
     captions = evalset.extras["caption"]
     batches = [(to_model_range(evalset.images[i : i + batch]), captions[i : i + batch])
