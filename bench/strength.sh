@@ -6,9 +6,10 @@
 #   defaults/   every attack at its paper's defaults (a multirun: summary.csv, roc_overlay.png)
 #   tuned/      every attack with its knobs tuned on the calibration part (tune=<grid>), run once on the rest
 #   learned/    secmi_nn and learned on NA's features, trained on the calibration part
+#   variant/    NA with statistic=magnitude (not the paper's; docs/results.md, "Why NA flips")
 # Each run's small files (metrics.json, summary.csv, training.json) are copied under bench/strength/, so
 # `python -m bench.strength_report` rewrites docs/results.md's strength section on any machine, no retraining.
-# Usage: bench/strength.sh [cifar10 root] [celeba root]   (about 80 minutes on 2 CPU cores, training ~60 of them)
+# Usage: bench/strength.sh [cifar10 root] [celeba root]   (about 90 minutes on 2 CPU cores, training ~55 of them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}
@@ -39,17 +40,21 @@ attack_target() {  # dataset name [label overrides...]: the target runs/strength
   local out=runs/strength/$dataset/$label
   local common=(target.path="$target" protocol.calibration=0.25 logger=none "${quiet[@]}" "$@")
   $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
-  for pair in na:na_grid loss:loss_t pia:pia_t pian:pian_t secmi:secmi_t_sec sima:sima_t; do
-    $bin/mia-attack attack="${pair%%:*}" tune="${pair##*:}" "${common[@]}" hydra.run.dir="$out/tuned/${pair%%:*}"
-  done
-  $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
-  $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
+  if [ -z "${DEFAULTS_ONLY:-}" ]; then  # DEFAULTS_ONLY=1: the defaults row only
+    for pair in na:na_grid loss:loss_t pia:pia_t pian:pian_t secmi:secmi_t_sec sima:sima_t; do
+      $bin/mia-attack attack="${pair%%:*}" tune="${pair##*:}" "${common[@]}" hydra.run.dir="$out/tuned/${pair%%:*}"
+    done
+    $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
+    $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
+    # NA's magnitude statistic (docs/results.md, "Why NA flips"): a variant, on NA's cached predictions (no queries)
+    $bin/mia-attack attack=na attack.statistic=magnitude "${common[@]}" hydra.run.dir="$out/variant/na"
+  fi
 
   local dest=$keep/$dataset/$label
   mkdir -p "$dest"
   cp "$target/training.json" "$dest/training.json"
   cp "$out/defaults/summary.csv" "$dest/defaults_summary.csv"
-  for run in "$out"/defaults/*/ "$out"/tuned/*/ "$out"/learned/*/; do
+  for run in "$out"/defaults/*/ "$out"/tuned/*/ "$out"/learned/*/ "$out"/variant/*/; do
     [ -f "$run/metrics.json" ] || continue
     local attack
     attack=$($bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['attack'])" "$run/metrics.json")
@@ -62,10 +67,10 @@ for part in $parts; do
   case $part in
     cifar10) for seed in 0 1 2; do train_target cifar10 "$cifar10" "$seed" "seed$seed"; attack_target cifar10 "seed$seed"; done ;;
     celeba) train_target celeba "$celeba" 0 seed0; attack_target celeba seed0 ;;
-    dp)  # the defended target, and the undefended seed-0 target at the same step (its kept checkpoint)
+    dp)  # the defended target, and the undefended seed-0 target at the same step (its kept checkpoint; defaults)
       train_target cifar10 "$cifar10" 0 dp_seed0 "${dp[@]}"
       attack_target cifar10 dp_seed0
-      attack_target cifar10 seed0 seed0_step"$dp_steps" \
+      DEFAULTS_ONLY=1 attack_target cifar10 seed0 seed0_step"$dp_steps" \
         target.checkpoint=runs/strength/cifar10/seed0/train/checkpoints/step$(printf %07d "$dp_steps").ckpt ;;
     *) echo "strength.sh: unknown part $part (cifar10, celeba, dp)" >&2; exit 2 ;;
   esac

@@ -121,7 +121,8 @@ def strength_section() -> list[str]:
            "on the calibration part. Scores are as measured: an AUC below 0.5 is an attack inverted on this "
            "target, never flipped.", ""]
     for dataset, title in (("cifar10", "CIFAR-10"), ("celeba", "CelebA")):
-        folders = sorted(p for p in (root / dataset).glob("seed*") if p.is_dir()) if (root / dataset).exists() else []
+        folders = sorted(p for p in (root / dataset).glob("seed*") if p.is_dir() and p.name[4:].isdigit()) \
+            if (root / dataset).exists() else []
         if folders:
             seeds = [runs_of(f) for f in folders]
             trainings = [read_json(f / "training.json") for f in folders]
@@ -139,9 +140,14 @@ def strength_section() -> list[str]:
                 out += [f"AUC per seed at the defaults: {per_seed}.", ""]
         dp = root / dataset / "dp_seed0"
         if dp.exists():
+            training = read_json(dp / "training.json")
             out += [f"### {title}, a DP-SGD target on the seed-0 split", "",
-                    target_line(read_json(dp / "training.json"), "Target"), ""]
-            out += [*strength_table([runs_of(dp)]), ""]
+                    target_line(training, "Target"), "", *strength_table([runs_of(dp)]), ""]
+            same_step = root / dataset / f"seed0_step{training['steps']}"
+            if same_step.exists():
+                out += [f"The undefended seed-0 target at the same step ({training['steps']:,}, its kept checkpoint, "
+                        "`target.checkpoint=`), every attack at its defaults on the same evaluation part:", "",
+                        *strength_table([runs_of(same_step)]), ""]
     return out
 
 

@@ -28,7 +28,7 @@ def _sk_best_balanced_accuracy(labels, scores):
     return max(balanced_accuracy_score(labels, scores >= t) for t in thresholds)
 
 
-@pytest.mark.parametrize("seed", [0, 1, *(pytest.param(seed, marks=pytest.mark.slow) for seed in (2, 3))])
+@pytest.mark.parametrize("seed", [0, *(pytest.param(seed, marks=pytest.mark.slow) for seed in (1, 2, 3))])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize(("n_members", "n_nonmembers"), [(1000, 1000), (300, 2000)])
 def test_metrics_equal_sklearn(seed, ties, n_members, n_nonmembers):
