@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The discriminating attack-strength benchmark (docs/results.md): targets where the attacks can be ranked,
-# CIFAR-10 over 3 split seeds and CelebA over one, plus a DP-SGD target on CIFAR-10's seed-0 split.
+# CIFAR-10 over 3 split seeds and CelebA over one, plus a DP-SGD target on CIFAR-10's seed-0 split
+# (docs/results.md holds CIFAR-10 and DP: STRENGTH_PARTS="cifar10 dp"; CelebA was not run for it yet).
 # Per target, every row is measured on the same evaluation part (protocol.calibration=0.25 sets a quarter
 # of the members and of the non-members aside, by id):
 #   defaults/   every attack at its paper's defaults (a multirun: summary.csv, roc_overlay.png)
@@ -9,7 +10,7 @@
 #   variant/    NA with statistic=magnitude (not the paper's; docs/results.md, "Why NA flips")
 # Each run's small files (metrics.json, summary.csv, training.json) are copied under bench/strength/, so
 # `python -m bench.strength_report` rewrites docs/results.md's strength section on any machine, no retraining.
-# Usage: bench/strength.sh [cifar10 root] [celeba root]   (about 90 minutes on 2 CPU cores, training ~55 of them)
+# Usage: bench/strength.sh [cifar10 root] [celeba root]   (CIFAR-10 + DP took about 95 minutes here, 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}
