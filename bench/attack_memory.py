@@ -23,8 +23,8 @@ def status_mb(field: str) -> float:
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from mia.cli.attack import run
-    from mia.cli.config import config_dir
+    from mia.config import config_dir
+    from mia.runs.attack import run
 
     with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", overrides=sys.argv[1:])

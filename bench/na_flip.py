@@ -32,19 +32,19 @@ from omegaconf import DictConfig
 from mia.attacks.aggregation import pairwise_l2
 from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.sample_noise import SampleNoise
-from mia.cli.attack import scoring_settings
-from mia.cli.config import ATTACK_CONFIG_DIR, build
-from mia.cli.console import quiet_libraries
-from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
+from mia.config import ATTACK_CONFIG_DIR, build
+from mia.data.evaluation_set import EvaluationSet
 from mia.data.images import to_model_range
-from mia.errors import MiaError, run_or_exit
+from mia.errors import MiaError
 from mia.evaluation.metrics import auc, roc_curve
 from mia.evaluation.profile import TimestepProfile
+from mia.reporting.console import quiet_libraries
 from mia.reporting.figures import plot_noise_scale_profiles
+from mia.runs.attack import evaluation_set_of, scoring_settings
+from mia.runs.exit import run_or_exit
 from mia.scoring.engine import ScoringSettings
 from mia.scoring.profile import timestep_profile
 from mia.targets.base import DiffusionTarget
-from mia.targets.loading import load_target
 
 log = logging.getLogger("bench.na_flip")
 Profiles = dict[str, dict[float, TimestepProfile]]
@@ -164,8 +164,8 @@ def flip(cfg: DictConfig) -> Path:
     attack = build(cfg.attack, _convert_="all")
     if not isinstance(attack, NoiseAggregation):
         raise MiaError(f"bench.na_flip profiles NA's statistics; attack={attack.name} has none (use attack=na)")
-    target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
+    target = build(cfg.target)
+    evalset = evaluation_set_of(cfg, target)
     profiles = noise_scale_profiles(attack, target, evalset, list(cfg.flip.noise_scales), list(cfg.flip.timesteps),
                                     list(cfg.flip.statistics), cfg.flip.max_samples, scoring_settings(cfg))
     out_dir = Path(cfg.paths.output_dir)
@@ -180,7 +180,7 @@ def flip(cfg: DictConfig) -> Path:
         log.info("against the injected noise (medians, members / non-members):\n%s", scaling_table(scaling))
         profiles = {**profiles, **scaling}
     plot_noise_scale_profiles(profiles).savefig(out_dir / "na_flip.png", dpi=120)
-    log.info("NA on %s (%s), k=%d, m=%d, %s:\n%s", cfg.target.path, cfg.target.kind, attack.k, attack.m,
+    log.info("NA on %s (%s), k=%d, m=%d, %s:\n%s", target.source, target.kind, attack.k, attack.m,
              attack.direction, auc_table(profiles))
     log.info("files: %s (%s)", out_dir, ", ".join(files))
     return out_dir

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from mia.cli.config import config_dir
+from mia.config import config_dir
 
 log = logging.getLogger("bench.speed")
 IMAGE_SIZE = 16
@@ -138,18 +138,17 @@ def best_interleaved(mia_run, plain_run, repeats: int) -> tuple[float, float]:
 def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> dict:
     """NA through mia (Lightning predict loop, per-sample noise, DDIM moves, statistic) over k plain passes."""
     from mia.attacks import NoiseAggregation
-    from mia.cli.attack import scoring_settings
-    from mia.data.evaluation_set import evaluation_set_for
+    from mia.config import build
     from mia.data.images import to_model_range
-    from mia.scoring.engine import score
-    from mia.targets.loading import load_target
+    from mia.runs.attack import evaluation_set_of, scoring_settings
+    from mia.scoring.engine import predict
 
     cfg = config("attack", [f"target.path={target_dir}", f"data.max_members={samples // 2}",
                             f"data.max_nonmembers={samples // 2}", "cache.enabled=false", "logger=none",
                             "trainer.enable_progress_bar=false"], work / "overhead")
     attack = NoiseAggregation()
-    target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path))
+    target = build(cfg.target)
+    evalset = evaluation_set_of(cfg, target)
     batch = cfg.data.batch_size
     batches = [to_model_range(evalset.images[i : i + batch]) for i in range(0, len(evalset), batch)]
 
@@ -161,7 +160,7 @@ def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> 
                     target.denoiser(x, torch.full((len(x),), t))
         return time.perf_counter() - started
 
-    na_time, plain_time = best_interleaved(lambda: score(attack, target, evalset, scoring_settings(cfg)).seconds,
+    na_time, plain_time = best_interleaved(lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds,
                                            plain, repeats)
     ratio = na_time / plain_time
     return {"na_seconds": na_time, "plain_seconds_k_passes": plain_time, "k": attack.k,
@@ -184,11 +183,11 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     """NA through mia on a latent text-to-image target over its plain parts: k UNet passes, one VAE encode
     and one text-encoder pass per sample (the demo's model size, one training step: speed only)."""
     from mia.attacks import NoiseAggregation
-    from mia.cli.attack import scoring_settings
+    from mia.config import build
     from mia.data.evaluation_set import evaluation_set_for
     from mia.data.images import to_model_range
-    from mia.scoring.engine import score
-    from mia.targets.loading import load_target
+    from mia.runs.attack import scoring_settings
+    from mia.scoring.engine import predict
     from train_targets.train import train
 
     make_captioned_images(work / "captioned", samples + 64, 32)  # 64 outside the split: the autoencoder's
@@ -202,10 +201,10 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     cfg = config("attack", [f"target.path={work / 'latent_run' / 'target'}", "cache.enabled=false", "logger=none",
                             "trainer.enable_progress_bar=false"], work / "latent_overhead")
     attack = NoiseAggregation()
-    target, split = load_target(cfg.target, cfg.data)
+    target = build(cfg.target)
     # Decoded once up front for both sides (mia-attack streams a latent target's images instead): the ratio
     # is the attack path's overhead, not image decoding.
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(cfg.target.path), target.conditioning)
+    evalset = evaluation_set_for(cfg.data, target.image_shape, target.split, target.source, target.conditioning)
     batch = cfg.data.batch_size
     captions = evalset.extras["caption"]
     batches = [(to_model_range(evalset.images[i : i + batch]), captions[i : i + batch])
@@ -224,7 +223,7 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
                     unet(z, torch.full((len(z),), t), encoder_hidden_states=embedding)
         return time.perf_counter() - started
 
-    na_time, plain_time = best_interleaved(lambda: score(attack, target, evalset, scoring_settings(cfg)).seconds,
+    na_time, plain_time = best_interleaved(lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds,
                                            plain, repeats)
     ratio = na_time / plain_time
     return {"na_seconds": na_time, "plain_seconds": plain_time, "k": attack.k, "samples": len(evalset),

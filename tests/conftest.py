@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from mia.cli.config import config_dir  # noqa: E402
+from mia.config import config_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -37,6 +37,14 @@ TINY_TRAIN = [
     "target.sample_steps=2",
     "target.warmup_steps=1",
 ]
+
+
+def console_script(name: str):
+    """The function an installed console script (mia-attack, mia-train, mia-split) runs, as the shell finds it."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name=name)
+    return script.load()
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -109,7 +117,7 @@ def score_all(attack, target, evalset, batch_size: int = 100) -> np.ndarray:
     for start in range(0, len(evalset), batch_size):
         stop = min(start + batch_size, len(evalset))
         x0 = to_model_range(evalset.images[start:stop])
-        scores.append(attack.score(target, x0, SampleNoise(evalset.keys[start:stop], getattr(attack, "seed", 0))))
+        scores.append(attack.scores_of(target, x0, SampleNoise(evalset.keys[start:stop], getattr(attack, "seed", 0))))
     return torch.cat(scores).numpy()
 
 

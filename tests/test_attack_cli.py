@@ -17,8 +17,8 @@ from conftest import compose_config, write_images
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from mia.cli.attack import run
 from mia.errors import MiaError
+from mia.runs.attack import run
 
 QUICK = ["logger=none", "metrics.bootstrap=50", "trainer.enable_progress_bar=false"]
 
@@ -101,7 +101,7 @@ def test_offline_wandb_run_holds_the_roc(tiny_target: Path, tmp_path: Path):
 
 
 def test_memorizer_kind_attacks_the_closed_form_model(tiny_target: Path, tmp_path: Path):
-    metrics = attack(tiny_target, tmp_path, "attack=sima", "target.kind=memorizer")
+    metrics = attack(tiny_target, tmp_path, "attack=sima", "target=memorizer")
     assert metrics["target_kind"] == "memorizer" and metrics["auc"] > 0.9
 
 
@@ -143,7 +143,7 @@ def _break_weights(target: Path, dest: Path) -> Path:
         (lambda t, tmp: t, ["attack.statistic=hull"], "attack.statistic must be one of"),
         (lambda t, tmp: t, ["attack.t=20"], "leaves the target's timesteps"),
         (lambda t, tmp: t, ["data.root={tmp}"], "data.root does not apply to the digits dataset"),
-        (lambda t, tmp: t, ["target.kind=memorizer", "data.members={tmp}", "data.nonmembers={tmp}"],
+        (lambda t, tmp: t, ["target=memorizer", "data.members={tmp}", "data.nonmembers={tmp}"],
          "cannot be evaluated on"),
         (lambda t, tmp: t, ["trainer.precision=bf16-true"], "attacks run in 32-true"),
     ],

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, compose_config, write_images
+from conftest import TINY_TRAIN, compose_config, console_script, write_images
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from mia.cli.attack import run
 from mia.data.split import Split
-from mia.errors import run_or_exit
+from mia.runs.attack import run
+from mia.runs.exit import run_or_exit
 
 QUICK = ["logger=none", "metrics.bootstrap=10", "trainer.enable_progress_bar=false", "trainer=cpu"]
 
@@ -70,9 +70,7 @@ def refused(capsys, out: Path, *overrides: str) -> tuple[int, str, str]:
 
 
 def attack_main():
-    from mia.cli.attack import main
-
-    return main
+    return console_script("mia-attack")
 
 
 def assert_one_line(status: int, stderr: str, stdout: str, program: str, message: str) -> None:
@@ -183,7 +181,7 @@ def test_every_integer_knob_of_every_attack_refuses_a_float():
 def test_mps_is_refused_for_want_of_float64(cli, tmp_path, monkeypatch):
     from lightning.fabric.accelerators.mps import MPSAccelerator
 
-    from mia.cli.checks import runs_on_mps
+    from mia.runs.checks import runs_on_mps
 
     assert not runs_on_mps("auto") and not runs_on_mps("cpu")  # this machine has no MPS
     monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))  # as on Apple silicon

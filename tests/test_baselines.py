@@ -44,14 +44,14 @@ def test_loss_by_hand(tiny):
     eps = noise.randn((3, 8, 8))
     x_t = a[200].sqrt().float() * x0 + (1 - a[200]).sqrt().float() * eps
     expected = -(eps_of(unet, x_t, 200) - eps).pow(2).flatten(1).sum(1).double()
-    torch.testing.assert_close(LossAttack(t=200, seed=5).score(target, x0, noise), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(LossAttack(t=200, seed=5).scores_of(target, x0, noise), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_averages_independent_draws(tiny):
     target, _, _, x0, keys = tiny
     noise = SampleNoise(keys, seed=5)
-    one = LossAttack(seed=5).score(target, x0, noise)
-    two = LossAttack(draws=2, seed=5).score(target, x0, noise)
+    one = LossAttack(seed=5).scores_of(target, x0, noise)
+    two = LossAttack(draws=2, seed=5).scores_of(target, x0, noise)
     eps = noise.randn((3, 8, 8), stream=1)
     a = target.alphas_cumprod.float()
     second = -(target.predict_noise(a[200].sqrt() * x0 + (1 - a[200]).sqrt() * eps, 200) - eps).pow(2).flatten(1).sum(1)
@@ -65,13 +65,13 @@ def test_pia_and_pian_by_hand(tiny):
     for attack, start in ((PIA(), eps0), (PIAN(), normalised)):
         x_t = a[200].sqrt().float() * x0 + (1 - a[200]).sqrt().float() * start
         expected = -(start - eps_of(unet, x_t, 200)).abs().pow(4).flatten(1).sum(1).double()
-        torch.testing.assert_close(attack.score(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(attack.scores_of(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_sima_by_hand(tiny):
     target, unet, _, x0, keys = tiny
     expected = -eps_of(unet, x0, 100).abs().pow(4).flatten(1).sum(1).double()
-    torch.testing.assert_close(SimA().score(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(SimA().scores_of(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_secmi_against_diffusers_ddim_schedulers(tiny):
@@ -94,14 +94,14 @@ def test_secmi_against_diffusers_ddim_schedulers(tiny):
     x_up = up.step(eps(x, 100), 110, x).prev_sample  # one step up: t_sec → t_sec + interval
     x_back = down.step(eps(x_up, 110), 110, x_up, eta=0.0).prev_sample  # and back down
     expected = -(x_back - x).pow(2).flatten(1).sum(1)
-    torch.testing.assert_close(SecMI().score(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(SecMI().scores_of(target, x0, SampleNoise(keys, 0)), expected, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(("attack", "queries"), list(zip(ALL_DEFAULTS, [5, 1, 2, 2, 12, 1], strict=True)))
 def test_queries_at_the_defaults_are_counted(tiny, attack, queries):
     target, _, _, x0, keys = tiny
     target.reset_queries()
-    attack.score(target, x0, SampleNoise(keys, 0))
+    attack.scores_of(target, x0, SampleNoise(keys, 0))
     assert target.queries == queries * len(x0)
 
 
@@ -109,7 +109,7 @@ def test_query_counts_follow_the_settings(tiny):
     target, _, _, x0, keys = tiny
     for attack, queries in ((SecMI(t_sec=50, interval=10), 7), (LossAttack(draws=3), 3), (NoiseAggregation(k=2), 2)):
         target.reset_queries()
-        attack.score(target, x0, SampleNoise(keys, 0))
+        attack.scores_of(target, x0, SampleNoise(keys, 0))
         assert target.queries == queries * len(x0), attack
 
 
@@ -127,7 +127,7 @@ def test_members_score_higher_than_noise_images(digits_memorizer):
     x0 = torch.cat([evalset.images[:5].float() / 127.5 - 1, torch.rand(5, 1, 16, 16) * 2 - 1])
     keys = torch.arange(10)
     for attack in ALL_DEFAULTS:
-        scores = attack.score(target, x0, SampleNoise(keys, 0)).numpy()
+        scores = attack.scores_of(target, x0, SampleNoise(keys, 0)).numpy()
         assert np.min(scores[:5]) > np.max(scores[5:]), attack.name
 
 

@@ -18,7 +18,7 @@ from mia.attacks import NoiseAggregation, SimA
 from mia.data.images import to_model_range
 from mia.errors import MiaError
 from mia.scoring.cache import PredictionCache, evict
-from mia.scoring.engine import ScoringSettings, score
+from mia.scoring.engine import ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
 from mia.targets.memorizer import MemorizingDenoiser
 
@@ -47,13 +47,13 @@ def test_editing_a_source_on_the_prediction_path_misses_the_cache(small, tmp_pat
     monkeypatch.syspath_prepend(str(probe.parent))
     monkeypatch.setattr(cache_key, "FIXED_MODULES", (*cache_key.FIXED_MODULES, "mia_probe_step"))
     attack = NoiseAggregation(t=40, k=3)
-    first = score(attack, target, evalset, settings(tmp_path / "cache"))
+    first = predict(attack, target, evalset, settings(tmp_path / "cache"))
     assert first.queries_this_run == 3 * 12
-    assert score(attack, target, evalset, settings(tmp_path / "cache")).queries_this_run == 0  # a hit
+    assert predict(attack, target, evalset, settings(tmp_path / "cache")).queries_this_run == 0  # a hit
     probe.write_text("STEP = 2\n")  # the code on the prediction path changed: same size, other bytes
-    again = score(attack, target, evalset, settings(tmp_path / "cache"))
+    again = predict(attack, target, evalset, settings(tmp_path / "cache"))
     assert again.queries_this_run == 3 * 12
-    np.testing.assert_array_equal(again.values, first.values)
+    np.testing.assert_array_equal(again.features, first.features)
 
 
 def test_the_key_names_the_prediction_code_and_the_libraries(small):
@@ -62,7 +62,7 @@ def test_the_key_names_the_prediction_code_and_the_libraries(small):
     assert {"mia.attacks.noise_aggregation", "mia.attacks.aggregation", "mia.attacks.base", "mia.attacks.moves",
             "mia.attacks.sample_noise", "mia.targets.base", "mia.targets.memorizer", "mia.targets.pipeline",
             "mia.data.images", "mia.data.evaluation_set", "mia.scoring.module", "mia.scoring.cache"} <= path
-    assert not path & {"mia.evaluation.metrics", "mia.cli.attack", "mia.reporting.files", "mia.attacks.pia"}
+    assert not path & {"mia.evaluation.metrics", "mia.runs.attack", "mia.reporting.files", "mia.attacks.pia"}
     assert "mia.attacks.sima" in cache_key.prediction_path(SimA(), target)
     key = cache_key.cache_key(NoiseAggregation(), target, evalset, cpu_trainer(), "digest")
     for library in ("torch", "diffusers"):
@@ -85,12 +85,12 @@ def test_targets_without_identity_are_never_cached(small, tmp_path: Path, monkey
 
     attack = NoiseAggregation(t=40, k=3)
     with caplog.at_level(logging.INFO, logger="mia.scoring.cache_key"):
-        first = score(attack, built_in_code(slice(0, 6)), evalset, settings(tmp_path / "cache"))
-        second = score(attack, built_in_code(slice(6, 12)), evalset, settings(tmp_path / "cache"))
-    fresh = score(attack, built_in_code(slice(6, 12)), evalset, settings(None))
+        first = predict(attack, built_in_code(slice(0, 6)), evalset, settings(tmp_path / "cache"))
+        second = predict(attack, built_in_code(slice(6, 12)), evalset, settings(tmp_path / "cache"))
+    fresh = predict(attack, built_in_code(slice(6, 12)), evalset, settings(None))
     assert second.queries_this_run == 3 * 12
-    np.testing.assert_array_equal(second.values, fresh.values)
-    assert not np.array_equal(first.values, second.values)
+    np.testing.assert_array_equal(second.features, fresh.features)
+    assert not np.array_equal(first.features, second.features)
     assert not (tmp_path / "cache").exists()
     assert sum("has no identity" in r.getMessage() for r in caplog.records) == 1  # said once
 
@@ -118,12 +118,12 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path: Path)
 
 def test_score_applies_max_gb_after_each_run(small, tmp_path: Path):
     target, evalset = small
-    score(NoiseAggregation(t=40, k=3), target, evalset, settings(tmp_path / "cache", max_gb=1e-9))
-    kept = score(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=1e-9))
+    predict(NoiseAggregation(t=40, k=3), target, evalset, settings(tmp_path / "cache", max_gb=1e-9))
+    kept = predict(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=1e-9))
     [entry] = list((tmp_path / "cache").iterdir())  # only the entry of the latest run is left
     assert (entry / "meta.json").exists() and kept.queries_this_run == 12
     for bad in (0, -1.0, "big"):
         with pytest.raises(MiaError, match=r"cache\.max_gb must be a positive number"):
-            score(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=bad))
+            predict(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=bad))
     with pytest.raises(MiaError, match=r"cache\.chunk_size must be a positive integer"):
-        score(SimA(), target, evalset, settings(tmp_path / "cache", chunk_size=0))
+        predict(SimA(), target, evalset, settings(tmp_path / "cache", chunk_size=0))

@@ -14,12 +14,12 @@ from conftest import compose_config
 from mia.attacks import SampleNoise
 from mia.attacks.clid import CLiDClassifier, CLiDThreshold, degrade
 from mia.attacks.moves import forward_noise
-from mia.cli.attack import run
 from mia.data.evaluation_set import evaluation_set_for
 from mia.data.images import to_model_range
 from mia.errors import MiaError
 from mia.evaluation.protocol import Protocol, apply, roles
-from mia.targets.loading import load_target
+from mia.runs.attack import run
+from mia.targets.folder import load_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOT = "<|endoftext|>"
@@ -37,7 +37,7 @@ def test_degradation_replaces_the_most_important_words_first():
 
 @pytest.fixture(scope="module")
 def sd(tiny_sd: Path):
-    return load_target({"path": str(tiny_sd), "kind": "pipeline"}, {})[0]
+    return load_folder(str(tiny_sd))
 
 
 def test_features_are_the_papers_losses_by_hand(sd, captioned):

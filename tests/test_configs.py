@@ -17,7 +17,7 @@ from omegaconf import open_dict
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
 from mia.attacks.clid import CLiDClassifier, CLiDThreshold
-from mia.cli.config import CONF_ROOT, build_loggers, config_dir, instantiate_group
+from mia.config import CONF_ROOT, build_loggers, config_dir, instantiate_group
 from mia.data.registry import build_pool
 
 

@@ -13,14 +13,14 @@ from tiny_t2i import build_tiny_pixel, build_tiny_sd, write_captioned, write_lab
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SampleNoise, SecMI, SimA
 from mia.attacks.clid import CLiDThreshold
-from mia.cli.attack import run
 from mia.data.evaluation_set import evaluation_set_for, from_folders
 from mia.data.images import to_model_range
 from mia.data.streamed import StreamedEvaluationSet
 from mia.errors import MiaError
+from mia.runs.attack import run
 from mia.targets.class_conditional import ClassConditionalTarget
+from mia.targets.folder import load_folder
 from mia.targets.latent import LATENT_STREAM, LatentTextTarget
-from mia.targets.loading import load_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["logger=none", "metrics.bootstrap=0", "trainer.enable_progress_bar=false", "cache.enabled=false"]
@@ -29,7 +29,7 @@ ATTACKS = [(NoiseAggregation(), 5), (LossAttack(), 1), (PIA(), 2), (PIAN(), 2), 
 
 
 def load(path: Path, **target) -> LatentTextTarget:
-    return load_target({"path": str(path), "kind": "pipeline", **target}, {})[0]
+    return load_folder(str(path), **target)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def run_attack(attack, target, images, captions, keys, guidance: float = 1.0) ->
     noise = SampleNoise(keys, attack.seed)
     x0 = target.encode(to_model_range(images), noise)
     attack.check(target)
-    return attack.score(target, x0, noise, target.conditions({"caption": captions}, guidance))
+    return attack.scores_of(target, x0, noise, target.conditions({"caption": captions}, guidance))
 
 
 def test_a_stable_diffusion_folder_loads_with_its_schedule_and_shapes(tiny_sd: Path, sd: LatentTextTarget):
@@ -188,14 +188,14 @@ def test_class_conditional_models_take_the_class_folder_as_condition(tmp_path: P
     assert [evalset[i]["class_label"] for i in range(6)] == [0, 1, 2, 0, 1, 2]  # ids in path order
     images = torch.stack([evalset[i]["image"] for i in range(3)])
     x0, keys = to_model_range(images), evalset.keys[:3]
-    scores = LossAttack().score(target, x0, SampleNoise(keys, 0), target.conditions({"class_label": [0, 1, 2]}))
-    relabelled = LossAttack().score(target, x0, SampleNoise(keys, 0), target.conditions({"class_label": [1, 1, 2]}))
+    scores = LossAttack().scores_of(target, x0, SampleNoise(keys, 0), target.conditions({"class_label": [0, 1, 2]}))
+    relabelled = LossAttack().scores_of(target, x0, SampleNoise(keys, 0), target.conditions({"class_label": [1, 1, 2]}))
     assert scores[0] != relabelled[0] and torch.equal(scores[1:], relabelled[1:])
     with pytest.raises(MiaError, match=r"set target\.null_class"):
         target.conditions({"class_label": [0, 1, 2]}, 2.0)
     guided = load(folder, null_class=2)
     guided.reset_queries()
-    LossAttack().score(guided, x0, SampleNoise(keys, 0), guided.conditions({"class_label": [0, 1, 2]}, 2.0))
+    LossAttack().scores_of(guided, x0, SampleNoise(keys, 0), guided.conditions({"class_label": [0, 1, 2]}, 2.0))
     assert guided.queries == 2 * 3
     write_labelled(tmp_path / "members" / "extra", [0], seed=2)  # members/extra/0/000.png has a label ...
     write_labelled(tmp_path / "loose", [0], seed=99)  # an image of its own (a copy would be a duplicate)

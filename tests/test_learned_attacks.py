@@ -21,12 +21,12 @@ from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
 from mia.attacks.secmi_nn import SecMINN
-from mia.cli.attack import run
 from mia.data.images import load_images, to_model_range
 from mia.data.pools import DigitsPool
 from mia.data.split import make_split
 from mia.errors import MiaError
 from mia.evaluation.protocol import Protocol, apply, roles
+from mia.runs.attack import run
 from mia.targets.memorizer import memorizing_target
 
 
@@ -54,7 +54,7 @@ def test_secmi_residual_is_what_secmi_stat_sums(small):
     secmi = SecMI()
     residual = secmi.residual(target, x0[:6])
     assert residual.shape == (6, 1, 8, 8) and residual.dtype == torch.float64 and (residual >= 0).all()
-    torch.testing.assert_close(secmi.score(target, x0[:6], None), -residual.flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(secmi.scores_of(target, x0[:6], None), -residual.flatten(1).pow(2).sum(1))
 
 
 def test_na_features_by_hand(small):
@@ -76,13 +76,13 @@ def test_secmi_and_loss_features_by_hand(small):
     target, x0, _, _, keys = small
     secmi = features_of(LearnedAttack(features="secmi"), small)
     assert secmi.shape == (80, 7 + 1)  # seven statistics, one sum of squares per channel
-    stat = -SecMI().score(target, x0, None).numpy()
+    stat = -SecMI().scores_of(target, x0, None).numpy()
     np.testing.assert_allclose(secmi[:, 0], stat, rtol=1e-6)
     np.testing.assert_allclose(secmi[:, -1], stat, rtol=1e-6)  # one channel: its sum of squares is the total
     loss = features_of(LearnedAttack(features="loss_multi_t", source={"timesteps": [50, 300]}), small)
     for column, t in enumerate((50, 300)):
-        np.testing.assert_allclose(loss[:, column], -LossAttack(t=t).score(target, x0, SampleNoise(keys, 0)).numpy(),
-                                   rtol=1e-6)
+        expected = -LossAttack(t=t).scores_of(target, x0, SampleNoise(keys, 0)).numpy()
+        np.testing.assert_allclose(loss[:, column], expected, rtol=1e-6)
 
 
 def perturbed_evaluation(features: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, compose_config
+from conftest import TINY_TRAIN, compose_config, console_script
 from fixtures.cifar import trust_checksums, write_cifar
 
-from mia.cli.attack import run
-from mia.cli.split import main as mia_split
 from mia.data.literature import literature_split
 from mia.data.pools import cifar_pool
 from mia.data.split import Split, fingerprint
 from mia.errors import MiaError
+from mia.runs.attack import run
 
 TRAIN_IMAGES = 40
 
@@ -52,6 +51,10 @@ def npz(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     order = np.random.default_rng(7).permutation(TRAIN_IMAGES)
     members, nonmembers = order[:12], order[12:24]
     return write_npz(tmp_path / "CIFAR10_train_ratio0.5.npz", members, nonmembers), members, nonmembers
+
+
+def mia_split(argv: list[str]) -> None:
+    console_script("mia-split")(argv)
 
 
 def test_mia_split_equals_the_npz_indices(cifar, npz, tmp_path: Path):
@@ -205,7 +208,7 @@ def test_the_reproduction_table_puts_each_measurement_next_to_its_paper(tmp_path
 def test_the_reproduction_experiment_runs_every_attack_and_adds_the_table():
     from hydra import compose, initialize_config_dir
 
-    from mia.cli.config import config_dir
+    from mia.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir("attack"), version_base="1.3"):
         cfg = compose("attack", ["experiment=reproduce_cifar10", "target=pytorch_ddpm", "target.weights=ckpt.pt"],

@@ -1,4 +1,4 @@
-"""target.kind=module: a user's own denoiser, in their own file, attacked like any target.
+"""target=module: a user's own denoiser, in their own file, attacked like any target.
 
 The user's file (written here into a temporary project folder) wraps a small diffusers UNet2DModel in its
 own conventions: [0, 1] images and t given as t / T. Its scores must equal those of the same weights driven
@@ -22,11 +22,11 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from omegaconf import OmegaConf
 
 from mia.attacks import PIA, NoiseAggregation, SecMI
-from mia.cli.attack import run, scoring_settings
+from mia.config import build
 from mia.data.evaluation_set import evaluation_set_for
 from mia.errors import MiaError
-from mia.scoring.engine import score
-from mia.targets.loading import load_target
+from mia.runs.attack import run, scoring_settings
+from mia.scoring.engine import predict
 from mia.targets.module import _identity, load_module_target
 from mia.targets.pipeline import load_pipeline_target
 
@@ -85,7 +85,7 @@ class EpsAndVariance(nn.Module):
 def wrong_shape():
     return EpsAndVariance()
 '''
-MODULE = ["target.kind=module", "target.sample_shape=[3,8,8]"]
+MODULE = ["target=module", "target.sample_shape=[3,8,8]"]
 QUICK = ["logger=none", "metrics.bootstrap=0", "trainer.enable_progress_bar=false"]
 # The attacks whose queries differ most: a DDIM path (NA), t = 0 and back (PIA), an inversion (SecMI).
 ATTACKS = [NoiseAggregation(t=40, k=3, m=10), PIA(t=50), SecMI(t_sec=40, interval=20)]
@@ -143,7 +143,7 @@ def test_a_users_unet_in_their_file_scores_as_the_same_diffusers_unet(project: P
     reference = load_pipeline_target(project / "pipeline")
     reference.encode = lambda images, noise=None: (images + 1) / 2
     evalset = evaluation_set_for(cfg.data, reference.image_shape, None, "reference")
-    expected = score(NoiseAggregation(), reference, evalset, scoring_settings(cfg)).values
+    expected = predict(NoiseAggregation(), reference, evalset, scoring_settings(cfg)).features
     np.testing.assert_array_equal(read_scores(project / "run" / "scores.csv"), expected)
 
 
@@ -151,8 +151,7 @@ def test_in_diffusers_conventions_the_attacks_equal_the_pipeline_kinds(project: 
     module_cfg = attack_cfg(project / "m", *MODULE, "target.module._target_=their_file.load_native",
                             f"+target.module.folder={project}/pipeline")
     pipeline_cfg = attack_cfg(project / "p", "target.path=pipeline")
-    module, _ = load_target(module_cfg.target, module_cfg.data)
-    pipeline, _ = load_target(pipeline_cfg.target, pipeline_cfg.data)
+    module, pipeline = build(module_cfg.target), build(pipeline_cfg.target)
     evalset = evaluation_set_for(module_cfg.data, module.image_shape, None, "module")
     for attack in ATTACKS:  # the attacks themselves, without the Lightning loop: only the targets differ
         ours, theirs = score_all(attack, module, evalset), score_all(attack, pipeline, evalset)
@@ -162,7 +161,7 @@ def test_in_diffusers_conventions_the_attacks_equal_the_pipeline_kinds(project: 
 
 def test_each_forward_of_the_users_module_is_one_counted_query(project: Path):
     cfg = attack_cfg(project, *MODULE, "target.module._target_=their_file.load", "target.timestep_input=fraction")
-    target, _ = load_target(cfg.target, cfg.data)
+    target = build(cfg.target)
     samples: list[int] = []
 
     def seen(module, args, output) -> None:
@@ -172,7 +171,7 @@ def test_each_forward_of_the_users_module_is_one_counted_query(project: Path):
     evalset = evaluation_set_for(cfg.data, target.image_shape, None, "module")
     settings = scoring_settings(compose_config("attack", [*QUICK, "target.path=x", "data.batch_size=4",
                                                           "cache.enabled=false"], project))
-    scores = score(NoiseAggregation(t=40, k=3), target, evalset, settings)
+    scores = predict(NoiseAggregation(t=40, k=3), target, evalset, settings)
     assert scores.queries == sum(samples) == 3 * len(evalset)
     assert samples == [4] * 3 + [2] * 3  # k forwards for each batch of 4 and 2 samples
 
@@ -206,7 +205,7 @@ def test_the_identity_follows_weights_and_settings(project: Path):
 def test_the_console_script_imports_their_file_from_the_working_directory(project: Path):
     # `-P`: no working directory on sys.path, as for the installed mia-attack script.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-P", "-c", "from mia.cli.attack import main; main()", *MODULE, *QUICK,
+    command = [sys.executable, "-P", "-m", "mia", *MODULE, *QUICK,
                "target.module._target_=their_file.load", "target.timestep_input=fraction", "target.input_range=[0,1]",
                "data.members=in", "data.nonmembers=out", "attack=sima", "hydra.run.dir=run", "paths.log_dir=runs"]
     process = subprocess.run(command, cwd=project, capture_output=True, text=True, env=env, timeout=300)
@@ -271,14 +270,15 @@ def test_a_betas_file_sets_the_schedule(project: Path):
     betas = np.linspace(1e-4, 0.02, 1000)
     np.save(project / "betas.npy", betas)
     cfg = attack_cfg(project, *MODULE, "target.module._target_=their_file.load", "target.betas_file=betas.npy")
-    target, _ = load_target(cfg.target, cfg.data)
+    target = build(cfg.target)
     np.testing.assert_allclose(target.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-12)
     diffusers = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod.double()
     np.testing.assert_allclose(target.alphas_cumprod.numpy(), diffusers.numpy(), rtol=1e-5)
 
 
 def test_pipeline_kinds_refuse_module_settings(project: Path):
-    with pytest.raises(MiaError, match=r"target.timestep_input is a setting of target.kind=module"):
+    refused = r"is not a setting of the mia.targets.folder.load_folder loader; .* it is a setting of target=module"
+    with pytest.raises(MiaError, match=r"target.timestep_input " + refused):
         run(attack_cfg(project / "run", "target.path=pipeline", "target.timestep_input=fraction", "attack=sima"))
-    with pytest.raises(MiaError, match=r"target.weights is a setting of target.kind=module"):
+    with pytest.raises(MiaError, match=r"target.weights " + refused):
         run(attack_cfg(project / "run", "target.path=pipeline", "target.weights=ckpt.pt", "attack=sima"))

@@ -60,7 +60,7 @@ def test_collect_follows_the_ddim_path_of_diffusers_schedulers(digits_memorizer)
         x = sampler.step(e.double(), t, x, eta=0.0).prev_sample
     got = attack.collect(target, x0, noise)
     torch.testing.assert_close(got, torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(attack.score(target, x0, noise), aggregation_score(got, "pairwise_l2"))
+    torch.testing.assert_close(attack.scores_of(target, x0, noise), aggregation_score(got, "pairwise_l2"))
 
 
 def test_same_seed_same_scores_in_any_batching(digits_memorizer):

@@ -14,10 +14,10 @@ from conftest import compose_config
 from sklearn.metrics import roc_auc_score
 
 from mia.attacks.base import Attack
-from mia.cli.attack import run
 from mia.errors import MiaError
 from mia.evaluation.calibration import calibration_fraction, calibration_mask
 from mia.evaluation.protocol import Protocol, apply, roles
+from mia.runs.attack import run
 
 IDS = [f"s{i}" for i in range(200)]
 LABELS = np.r_[np.ones(80, int), np.zeros(120, int)]
@@ -53,10 +53,10 @@ class SignFitted(Attack):
     """A toy fitted attack: features are given; it fits the sign that orients them on calibration."""
 
     name: ClassVar[str] = "sign_fitted"
-    fitted: ClassVar[bool] = True
+    learns_from_labels: ClassVar[bool] = True
     sign: float = 0.0
 
-    def score(self, target, x0, noise, cond=None):  # pragma: no cover (apply() never calls it)
+    def collect(self, target, x0, noise, cond=None):  # pragma: no cover (apply() never calls it)
         raise AssertionError
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class SignFitted(Attack):
         self.sign = 1.0 if members >= others else -1.0
         return {"sign": self.sign}
 
-    def aggregate(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor) -> torch.Tensor:
         return self.sign * features[:, 0].double()
 
 

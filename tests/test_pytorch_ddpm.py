@@ -23,13 +23,14 @@ from diffusers.models.embeddings import get_timestep_embedding
 from fixtures.cifar import trust_checksums, write_cifar
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
+from mia.config import build
 from mia.data.evaluation_set import evaluation_set_for
 from mia.data.literature import literature_split
 from mia.data.pools import cifar_pool
 from mia.errors import MiaError
 from mia.reporting.published import published
+from mia.runs.checks import check_target_settings
 from mia.targets.base import DiffusionTarget
-from mia.targets.loading import load_target
 from mia.targets.pytorch_ddpm import DDPMUNet, ResBlock
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pytorch_ddpm_ch32_state_dict.txt"
@@ -85,7 +86,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def small_target(path: Path, tmp_path: Path, *overrides: str) -> DiffusionTarget:
     cfg = compose_config("attack", [*SMALL_OVERRIDES, f"target.weights={path}", "target.sample_shape=[3,8,8]",
                                     *QUICK, *overrides], tmp_path)
-    return load_target(cfg.target, cfg.data)[0]
+    return build(cfg.target)
 
 
 def test_a_checkpoint_loads_its_ema_weights(checkpoint, tmp_path: Path):
@@ -197,9 +198,9 @@ def test_it_computes_what_diffusers_ddpm_unet_computes():
 def test_the_preset_needs_a_checkpoint_and_has_every_module_key(tmp_path: Path):
     cfg = compose_config("attack", ["target=pytorch_ddpm"], tmp_path)
     module_cfg = compose_config("attack", ["target=module"], tmp_path)
-    assert set(cfg.target) == set(module_cfg.target)  # pytorch_ddpm.yaml repeats base/module.yaml's keys
+    assert set(cfg.target) == set(module_cfg.target)  # pytorch_ddpm.yaml repeats module.yaml's keys
     with pytest.raises(MiaError, match=r"target\.weights is not set"):
-        load_target(cfg.target, cfg.data)
+        check_target_settings(cfg.target)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -230,7 +231,7 @@ def test_reproduce_cifar10_prints_measured_next_to_published(tmp_path: Path, mon
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fixtures" / "cifar.py"), str(root), "mia.cli.attack",
+        [sys.executable, str(REPO / "tests" / "fixtures" / "cifar.py"), str(root), "mia",
          "experiment=reproduce_cifar10", *SMALL_OVERRIDES, "target.sample_shape=[3,8,8]",
          f"target.weights={tmp_path}/ckpt.pt", f"target.split={tmp_path}/split.json", *QUICK,
          f"paths.log_dir={tmp_path}/runs", f"hydra.sweep.dir={tmp_path}/sweep"],

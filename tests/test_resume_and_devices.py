@@ -27,13 +27,12 @@ import torch
 from conftest import compose_config
 
 from mia.attacks import NoiseAggregation
-from mia.cli.attack import run
+from mia.config import build
 from mia.data.evaluation_set import evaluation_set_for
 from mia.errors import MiaError
-from mia.scoring.cache import KILL_AFTER_CHUNKS
-from mia.scoring.engine import ScoringSettings, score
+from mia.runs.attack import run
+from mia.scoring.engine import ScoringSettings, predict
 from mia.scoring.ranks import WholeBatches, assemble
-from mia.targets.loading import load_target
 
 QUICK = ["logger=none", "metrics.bootstrap=20", "trainer.enable_progress_bar=false"]
 
@@ -81,7 +80,20 @@ def test_a_killed_attack_resumes_from_its_last_complete_chunk(tiny_target: Path,
     killed = compose_config("attack", cached, tmp_path / "killed")
 
     def killed_after_two_chunks() -> None:
-        os.environ[KILL_AFTER_CHUNKS] = "2"
+        # In the forked child only: once two chunks are published, the third is torn in half and the process
+        # killed (SIGKILL) before it is renamed into place: what a kill in the middle of a long attack leaves.
+        publish, published = os.replace, []
+
+        def replace(source, destination) -> None:
+            if str(destination).endswith(".npz"):
+                if len(published) == 2:
+                    with open(source, "r+b") as handle:
+                        handle.truncate(Path(source).stat().st_size // 2)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                published.append(destination)
+            publish(source, destination)
+
+        os.replace = replace
         run(killed)
 
     assert in_forked_processes(killed_after_two_chunks, ()) == [-signal.SIGKILL]
@@ -108,10 +120,10 @@ def _ddp_rank(rank: int, port: int, out: Path, attack, target, evalset, cache_di
         return L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
 
-    scores = score(attack, target, evalset, ScoringSettings(trainer, batch_size=7, cache_dir=cache_dir, chunk_size=7))
-    np.save(out / f"values{rank}.npy", scores.values)
+    scores = predict(attack, target, evalset, ScoringSettings(trainer, batch_size=7, cache_dir=cache_dir, chunk_size=7))
+    np.save(out / f"values{rank}.npy", scores.features)
     # A second predict loop in the same processes (as the timestep profile runs), on a subset, uncached.
-    np.save(out / f"subset{rank}.npy", score(attack, target, evalset.first(9), ScoringSettings(trainer, 7)).values)
+    np.save(out / f"subset{rank}.npy", predict(attack, target, evalset.first(9), ScoringSettings(trainer, 7)).features)
     (out / f"cost{rank}.json").write_text(json.dumps([scores.queries, scores.queries_this_run, scores.main,
                                                        scores.device]))
 
@@ -124,8 +136,8 @@ def _free_port() -> int:
 
 def test_two_processes_score_exactly_what_one_does(tiny_target: Path, tmp_path: Path):
     cfg = compose_config("attack", [f"target.path={tiny_target}", *QUICK], tmp_path)
-    target, split = load_target(cfg.target, cfg.data)
-    evalset = evaluation_set_for(cfg.data, target.image_shape, split, str(tiny_target))
+    target = build(cfg.target)
+    evalset = evaluation_set_for(cfg.data, target.image_shape, target.split, str(tiny_target))
     attack = NoiseAggregation(t=40)
     port, cache_dir = _free_port(), str(tmp_path / "cache")
     # 48 samples in batches of 7: rank 0 scores batches 0, 2, 4, 6 (the last one of 6), rank 1 batches 1, 3, 5.
@@ -136,17 +148,17 @@ def test_two_processes_score_exactly_what_one_does(tiny_target: Path, tmp_path: 
                          enable_model_summary=False)
 
     with one_thread():
-        one = score(attack, target, evalset, ScoringSettings(one_device, batch_size=7))
-        hit = score(attack, target, evalset, ScoringSettings(one_device, batch_size=7, cache_dir=cache_dir))
-        subset = score(attack, target, evalset.first(9), ScoringSettings(one_device, batch_size=7))
+        one = predict(attack, target, evalset, ScoringSettings(one_device, batch_size=7))
+        hit = predict(attack, target, evalset, ScoringSettings(one_device, batch_size=7, cache_dir=cache_dir))
+        subset = predict(attack, target, evalset.first(9), ScoringSettings(one_device, batch_size=7))
     for rank in (0, 1):  # every rank holds every sample's score, exactly as one process computes it
-        np.testing.assert_array_equal(np.load(tmp_path / f"values{rank}.npy"), one.values)
-        np.testing.assert_array_equal(np.load(tmp_path / f"subset{rank}.npy"), subset.values)
+        np.testing.assert_array_equal(np.load(tmp_path / f"values{rank}.npy"), one.features)
+        np.testing.assert_array_equal(np.load(tmp_path / f"subset{rank}.npy"), subset.features)
     costs = [json.loads((tmp_path / f"cost{rank}.json").read_text()) for rank in (0, 1)]
     assert costs == [[48 * 5, 48 * 5, True, "cpu x 2"], [48 * 5, 48 * 5, False, "cpu x 2"]]  # summed over ranks
     # The two ranks wrote their chunks, rank zero published the entry: one process reads it whole.
     assert hit.queries_this_run == 0 and hit.queries == 48 * 5
-    np.testing.assert_array_equal(hit.values, one.values)
+    np.testing.assert_array_equal(hit.features, one.features)
 
 
 @pytest.mark.parametrize(("rows", "batch"), [(48, 8), (48, 7), (5, 8), (13, 4)])

@@ -15,9 +15,9 @@ from conftest import compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mia.cli.attack import run
-from mia.cli.config import config_dir
+from mia.config import config_dir
 from mia.reporting.sweep import write_summary
+from mia.runs.attack import run
 from mia.scoring.cache import PredictionCache
 
 QUICK = ["logger=none", "metrics.bootstrap=20", "trainer.enable_progress_bar=false"]
@@ -200,7 +200,7 @@ def test_two_writers_with_one_key_cannot_corrupt_the_cache(tmp_path: Path):
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from lightning.pytorch.loggers import WandbLogger
 
-    import mia.cli.config as cli
+    import mia.config as cli
 
     def wandb_init(*overrides: str) -> dict:
         cfg = compose_config("attack", ["target.path=x", "logger=wandb", *overrides], tmp_path)

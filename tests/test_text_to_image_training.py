@@ -235,7 +235,7 @@ def test_resume_keeps_the_autoencoder_of_the_checkpoint(t2i_target, tmp_path: Pa
 def test_mia_attack_on_the_trained_target_reads_its_captioned_split(t2i_target, tmp_path: Path):
     # The whole loop: the exported folder's split (captions fingerprinted with the images) verifies against
     # the data on disk, and every sample is attacked under its own recorded caption.
-    from mia.cli.attack import run
+    from mia.runs.attack import run
 
     _, target, _ = t2i_target
     overrides = [f"target.path={target}", "attack=loss", "logger=none", "metrics.bootstrap=0",

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from mia.errors import MiaError
-from mia.targets.loading import load_target
+from mia.targets.folder import load_folder
 from train_targets.checkpoint import read_training_checkpoint
 from train_targets.module import DDPMTarget
 from train_targets.train import train
@@ -109,15 +109,13 @@ def other_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_target_checkpoint_of_the_same_run_keeps_its_split(run: Path):
-    target = {"kind": "pipeline", "path": str(run / "target"), "checkpoint": str(run / "checkpoints" / "last.ckpt")}
-    model, split = load_target(target, {})
+    model = load_folder(str(run / "target"), checkpoint=str(run / "checkpoints" / "last.ckpt"))
+    split = model.split
     assert split is not None and len(split.members) == 24
     exported = _unet_state(run / "target")
     assert all(torch.equal(model.denoiser.state_dict()[k], exported[k]) for k in exported)
 
 
 def test_target_checkpoint_of_another_run_is_refused(run: Path, other_run: Path):
-    target = {"kind": "pipeline", "path": str(run / "target"),
-              "checkpoint": str(other_run / "checkpoints" / "last.ckpt")}
     with pytest.raises(MiaError, match="another member split"):
-        load_target(target, {})
+        load_folder(str(run / "target"), checkpoint=str(other_run / "checkpoints" / "last.ckpt"))

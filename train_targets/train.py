@@ -12,12 +12,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia.cli.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
-from mia.cli.console import quiet_libraries
+from mia.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
 from mia.data.literature import imported_indices
 from mia.data.registry import build_pool, with_absolute_root
-from mia.errors import MiaError, run_or_exit
+from mia.errors import MiaError
+from mia.reporting.console import quiet_libraries
 from mia.reporting.provenance import provenance
+from mia.runs.exit import run_or_exit
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.module import DDPMTarget

@@ -1,7 +1,16 @@
-"""The attack interface: hyperparameters as dataclass fields and ``score`` (clean x0 -> one score per sample).
+"""The attack interface: hyperparameters as dataclass fields, and four steps from model queries to scores.
 
-See docs/architecture.md, "add an attack". An attack calls only ``target.predict_noise`` (and the moves in
-``mia.attacks.moves``); it never touches files, loggers or metrics.
+Every attack goes through the same four steps (docs/architecture.md, "an attack"); the defaults make a simple
+attack a short ``collect``:
+
+- ``collect(target, x0, noise, cond)``: what costs model queries, per sample ([B, ...]); the prediction cache
+  stores it, keyed by ``prediction_settings()``;
+- ``aggregate(predictions)``: per-sample features, batch by batch (default: the predictions themselves);
+- ``fit(features, labels)``: fitted on the calibration rows only (default: nothing to fit);
+- ``score(features)``: one float64 score per sample, higher = member (default: the features, one per sample).
+
+An attack calls only ``target.predict_noise`` (and the moves in ``mia.attacks.moves``); it never touches
+files, loggers or metrics: what it fitted and anything worth a warning go back in ``fit``'s record.
 """
 
 from __future__ import annotations
@@ -20,16 +29,12 @@ from mia.targets.base import DiffusionTarget
 
 @dataclasses.dataclass
 class Attack(ABC):
-    """Hyperparameters as dataclass fields; ``score`` maps clean x0 to one score per sample (higher = member)."""
+    """Hyperparameters as dataclass fields; ``collect`` → ``aggregate`` → ``fit`` → ``score`` (higher = member)."""
 
     name: ClassVar[str] = "attack"
-    # True for attacks with ``collect`` (model predictions) and ``aggregate`` (scores from them), whose
-    # predictions can be cached; ``prediction_settings`` then names the settings the predictions depend on.
-    cacheable: ClassVar[bool] = False
-    # True for attacks whose score is fitted on labelled samples: ``collect`` gives per-sample features,
-    # ``fit(features, labels)`` fits on the calibration part only (and returns what it chose), then
-    # ``aggregate(features)`` scores every sample. Fitted attacks are cacheable too.
-    fitted: ClassVar[bool] = False
+    # True when ``fit`` learns from labelled samples (a classifier, a threshold, a mixing weight): the protocol
+    # then sets a calibration part aside by default and refuses to run the attack without one.
+    learns_from_labels: ClassVar[bool] = False
     # Classifier-free guidance of conditional targets, applied inside the target's noise prediction (1 = the
     # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
     guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
@@ -41,16 +46,33 @@ class Attack(ABC):
         """
         check_field_types(self)
 
-    @abstractmethod
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
-        """float64 [B] membership scores; ``cond`` is the batch's conditions (None for unconditional targets)."""
-
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """Fit on calibration features (fitted attacks only); returns what was chosen, for metrics.json."""
-        raise NotImplementedError(f"{self.name} fits nothing")
-
     def check(self, target: DiffusionTarget) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Raise MiaError when the settings do not fit this target (before any query is made)."""
+
+    @abstractmethod
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+        """The model's answers for a batch, [B, ...]: every query of the attack happens here (and is cached)."""
+
+    def prediction_settings(self) -> dict[str, Any]:
+        """The settings ``collect`` depends on (the cache key): all of them unless an attack says otherwise."""
+        return self.settings()
+
+    def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
+        """Per-sample features from a batch of predictions (row by row, no labels): the predictions by default."""
+        return predictions
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Fit on the calibration rows' features and labels; returns what was chosen, for metrics.json."""
+        return {}
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """float64 [N] membership scores, higher = member: the features themselves by default (one per sample)."""
+        return features.to(torch.float64)
+
+    def scores_of(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise,
+                  cond: Any = None) -> torch.Tensor:
+        """One batch through ``collect``, ``aggregate`` and ``score`` (an attack that learns must be fitted first)."""
+        return self.score(self.aggregate(self.collect(target, x0, noise, cond)))
 
     def settings(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,15 +8,14 @@ degraded captions c₁..c_m (a growing share of the words replaced by the text e
 and under the empty caption ∅. The features are ``[L₀, L₁−L₀, …, L_m−L₀, L∅−L₀]``: a member has a small
 L₀ and large gaps. Queries per sample: |timesteps| × (m + 2) (15 at the defaults).
 
-Two scores, both fitted on the protocol's calibration part only (``fitted = True``) and oriented higher =
-member: ``clid_th`` mixes the robust-scaled L₀ and −mean(Δ) with a weight α chosen by calibration AUC;
+Two scores, both fitted on the protocol's calibration part only (``learns_from_labels``) and oriented higher
+= member: ``clid_th`` mixes the robust-scaled L₀ and −mean(Δ) with a weight α chosen by calibration AUC;
 ``clid_vec`` is a gradient-boosted classifier (XGBoost) on the features.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any, ClassVar
 
@@ -36,7 +35,6 @@ STOP_WORDS = frozenset({
     "been", "being", "by", "for", "from", "as", "into", "onto", "over", "under", "near", "its", "it", "this", "that",
     "these", "those", "his", "her", "their", "there", "here", "some", "while", "who", "which", "than", "then", "very",
 })
-log = logging.getLogger(__name__)
 DEGRADE_RULE = "content-words-longest-first/1"  # names the rule below; part of the features' cache key
 
 
@@ -63,13 +61,13 @@ class CLiDFeatures(Attack):
     """The features of CLiD (``collect``); the subclasses fit a score on them."""
 
     name: ClassVar[str] = "clid"
-    cacheable: ClassVar[bool] = True
-    fitted: ClassVar[bool] = True
+    learns_from_labels: ClassVar[bool] = True
     timesteps: list[int] = dataclasses.field(default_factory=lambda: [440, 450, 460])  # as the reference's
     degradation: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7])  # share of words replaced
     seed: int = 0  # seeds the noise (per sample and timestep, shared by every condition)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.timesteps, self.degradation = list(self.timesteps), list(self.degradation)
         require(bool(self.timesteps) and all(isinstance(t, int) and not isinstance(t, bool) for t in self.timesteps),
                 f"attack.timesteps must be a non-empty list of integer timesteps, got {self.timesteps!r}")
@@ -118,10 +116,6 @@ class CLiDFeatures(Attack):
         # reads cached features then fits and scores exactly what the run that made them did.
         return torch.cat([losses[:, :1], losses[:, 1:] - losses[:, :1]], dim=1).float()
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
-        """The features: a fitted attack's score is made by the protocol (fit on calibration, then aggregate)."""
-        return self.collect(target, x0, noise, cond)
-
     def _require_fit(self, fitted: object) -> None:
         if fitted is None:
             raise RuntimeError(f"{self.name} must be fitted on calibration features before it scores")
@@ -168,7 +162,7 @@ class CLiDThreshold(CLiDFeatures):
         return {"alpha": alpha, "calibration_auc": by_alpha[alpha],
                 "robust_center": center.tolist(), "robust_scale": scale.tolist()}
 
-    def aggregate(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor) -> torch.Tensor:
         self._require_fit(self._fit)
         alpha, center, scale = self._fit
         return torch.from_numpy(self._mix((self._columns(features) - center) / scale, alpha))
@@ -209,13 +203,14 @@ class CLiDClassifier(CLiDFeatures):
         values = features.detach().cpu().double().numpy()
         self._model.fit(values, labels.numpy().astype(int))
         constant = bool(np.ptp(self._model.predict_proba(values)[:, 1]) == 0)
+        chosen = {"classifier": "xgboost", "calibration_rows": len(labels), "constant": constant}
         if constant:
-            log.warning("clid_vec's classifier fitted on %d calibration rows predicts one value for every sample "
-                        "(too few rows for its settings to split on): its scores carry no information; attack more "
-                        "samples or raise protocol.calibration", len(labels))
-        return {"classifier": "xgboost", "calibration_rows": len(labels), "constant": constant}
+            chosen["warning"] = (f"clid_vec's classifier fitted on {len(labels)} calibration rows predicts one value "
+                                 "for every sample (too few rows for its settings to split on): its scores carry no "
+                                 "information; attack more samples or raise protocol.calibration")
+        return chosen
 
-    def aggregate(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor) -> torch.Tensor:
         self._require_fit(self._model)
         proba = self._model.predict_proba(features.detach().cpu().double().numpy())[:, 1]
         return torch.from_numpy(proba.astype(np.float64))

@@ -151,7 +151,7 @@ class MultiTimestep(FeatureSet):
 
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any) -> torch.Tensor:
         # Each score is oriented higher = member (a negated loss); the features keep the loss itself.
-        return torch.stack([-a.score(target, x0, noise, cond) for a in self.attacks], dim=1).to(torch.float64)
+        return torch.stack([-a.scores_of(target, x0, noise, cond) for a in self.attacks], dim=1).to(torch.float64)
 
 
 class LossFeatures(MultiTimestep):

@@ -4,7 +4,7 @@
 ``mia.attacks.features``) and keeps a short feature vector per sample; those are what the prediction cache
 stores, so refitting with other classifier settings makes no model queries. ``fit`` (calibration rows
 only, through the protocol) first fits on a seeded inner split and measures AUC on the held-out rest,
-to report how well the classifier generalises, then refits on every calibration row. ``aggregate``
+to report how well the classifier generalises, then refits on every calibration row. ``score``
 scores by the classifier's margin (log-odds of "member"), higher = member. Queries per sample: the
 feature set's (k = 5 for na at its defaults).
 """
@@ -30,8 +30,7 @@ CLASSIFIERS = ("xgboost", "hist_gradient_boosting")
 @dataclasses.dataclass
 class LearnedAttack(Attack):
     name: ClassVar[str] = "learned"
-    cacheable: ClassVar[bool] = True
-    fitted: ClassVar[bool] = True
+    learns_from_labels: ClassVar[bool] = True
     features: str = "na"  # na | secmi | loss_multi_t | sima_multi_t
     source: dict[str, Any] = dataclasses.field(default_factory=dict)  # the feature attack's settings
     classifier: str = "xgboost"  # xgboost | hist_gradient_boosting (scikit-learn)
@@ -48,6 +47,7 @@ class LearnedAttack(Attack):
     seed: int = 0  # seeds the features' noise, per sample
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.source = dict(self.source or {})
         self._set: FeatureSet = feature_set(self.features, self.source)
         require(self.classifier in CLASSIFIERS,
@@ -72,10 +72,6 @@ class LearnedAttack(Attack):
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         # Rounded to float32 as the cache stores them, so a fresh run and a cached one fit the same values.
         return self._set.collect(target, x0, noise, cond).to(torch.float32)
-
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
-        """The features: a fitted attack's score is made by the protocol (fit on calibration, then aggregate)."""
-        return self.collect(target, x0, noise, cond)
 
     def _classifier(self) -> Any:
         if self.classifier == "xgboost":
@@ -140,7 +136,7 @@ class LearnedAttack(Attack):
         order = np.argsort(-np.asarray(weights), kind="stable")
         return {columns[i]: round(float(weights[i]), 6) for i in order if weights[i] > 0}
 
-    def aggregate(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor) -> torch.Tensor:
         if self._model is None:
             raise RuntimeError("the learned attack must be fitted on calibration features before it scores")
         values = features.detach().cpu().to(torch.float64).numpy().reshape(len(features), -1)

@@ -30,7 +30,7 @@ class LossAttack(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         total = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
         for draw in range(self.draws):
             eps = noise.randn(x0.shape[1:], stream=draw, device=x0.device)

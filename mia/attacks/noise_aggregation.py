@@ -25,12 +25,11 @@ class NoiseAggregation(Attack):
     """NA with the paper's defaults t = 80, k = 5, m = 10, pairwise L2 over the predictions."""
 
     name = "na"
-    cacheable = True
     t: int = 80  # start timestep
     k: int = 5  # predictions collected (= queries per sample)
     m: int = 10  # timestep interval of the DDIM path
     noise_scale: float = 1.0  # s in x_t = √ᾱ_t·x0 + s·√(1−ᾱ_t)·ε; 1 = the plain forward process
-    statistic: str = "pairwise_l2"  # pairwise_l2 | pairwise_l1 | centroid | density
+    statistic: str = "pairwise_l2"  # pairwise_l2 | pairwise_l1 | centroid | density | magnitude
     direction: str = "down"  # down (t, t−m, …, as in the paper) or up (t, t+m, …)
     seed: int = 0  # seeds the injected noise (per sample)
     delta: float = 1e-12  # δ in −log(C + δ)
@@ -83,7 +82,5 @@ class NoiseAggregation(Attack):
         return {k: v for k, v in self.settings().items() if k not in ("statistic", "delta")}
 
     def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
+        """The statistic's score per sample, −log(C + δ) (the density itself), from the k predictions."""
         return aggregation_score(predictions, self.statistic, self.delta)
-
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
-        return self.aggregate(self.collect(target, x0, noise, cond))

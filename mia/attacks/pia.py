@@ -57,7 +57,7 @@ class PIA(Attack):
     def initial_noise(self, target: DiffusionTarget, x0: torch.Tensor, cond: Any = None) -> torch.Tensor:
         return target.predict_noise(x0, 0, cond)
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         t = self.timestep(target)
         eps0 = self.initial_noise(target, x0, cond)
         eps_t = target.predict_noise(forward_noise(target, x0, eps0, t), t, cond)

@@ -55,5 +55,5 @@ class SecMI(Attack):
         x_back = ddim_move(target, x_up, target.predict_noise(x_up, up, cond), up, t)
         return (x_back - x_t).to(torch.float64).abs()
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         return -self.residual(target, x0, cond).flatten(1).pow(2).sum(1)

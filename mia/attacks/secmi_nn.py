@@ -33,8 +33,7 @@ from mia.targets.base import DiffusionTarget
 @dataclasses.dataclass
 class SecMINN(Attack):
     name: ClassVar[str] = "secmi_nn"
-    cacheable: ClassVar[bool] = True
-    fitted: ClassVar[bool] = True
+    learns_from_labels: ClassVar[bool] = True
     t_sec: int = 100  # timestep of SecMI's round trip (paper: 100)
     interval: int = 10  # SecMI's DDIM step (paper's k: 10)
     architecture: str = "cnn"  # cnn | resnet18
@@ -51,6 +50,7 @@ class SecMINN(Attack):
     seed: int = 0  # seeds the initialisation, the batch order and the inner split (SecMI is deterministic)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._secmi = SecMI(t_sec=self.t_sec, interval=self.interval)  # validates t_sec and interval
         require(self.architecture in ARCHITECTURES,
                 f"attack.architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
@@ -75,10 +75,6 @@ class SecMINN(Attack):
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         """The residuals [B, C, H, W], rounded to float32 as the cache stores them (fresh and cached runs agree)."""
         return self._secmi.residual(target, x0, cond).to(torch.float32)
-
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
-        """The residuals: a fitted attack's score is made by the protocol (fit on calibration, then aggregate)."""
-        return self.collect(target, x0, noise, cond)
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         x = features.detach().cpu().to(torch.float32)
@@ -107,7 +103,7 @@ class SecMINN(Attack):
         }
 
     @torch.no_grad()
-    def aggregate(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor) -> torch.Tensor:
         if self._model is None:
             raise RuntimeError("secmi_nn must be fitted on calibration residuals before it scores")
         device = self._model.scale.device

@@ -29,5 +29,5 @@ class SimA(Attack):
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")
 
-    def score(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
+    def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         return -target.predict_noise(x0, self.t, cond).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)

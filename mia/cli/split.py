@@ -17,10 +17,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mia.cli.config import config_dir
+from mia.config import config_dir
 from mia.data.literature import literature_split
 from mia.data.registry import build_pool, with_absolute_root
-from mia.errors import MiaError, run_or_exit
+from mia.errors import MiaError
+from mia.runs.exit import run_or_exit
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 With a calibration split, each sample has a role: ``calibration`` (anything fitted was fitted on these) or
 ``evaluation`` (the metrics are measured on these only). ``evaluation_part`` gives the rows the metrics,
-the ROC and every figure are made of.
+the ROC and every figure are made of. As TF-Privacy's result objects: computing is apart from plotting
+(``plot_roc`` draws with mia.reporting.figures).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mia.errors import MiaError
+from mia.evaluation.metrics import ROC, roc_curve
 
 CALIBRATION, EVALUATION = "calibration", "evaluation"
 
@@ -35,6 +37,17 @@ class AttackResult:
             return self.scores, self.labels
         keep = ~self.calibration
         return self.scores[keep], self.labels[keep]
+
+    def roc(self) -> ROC:
+        """The ROC of the evaluation rows (what ``auc`` and the TPRs were measured on)."""
+        return roc_curve(*self.evaluation_part())
+
+    def plot_roc(self, title: str | None = None) -> Any:
+        """A matplotlib Figure of the ROC on linear and log-log axes."""
+        from mia.reporting.figures import plot_roc
+
+        auc = self.metrics.get("auc", float("nan"))
+        return plot_roc([(f"{self.attack} (AUC {auc:.3f})", self.roc())], title=title or self.attack)
 
     def save(self, directory: str | Path) -> None:
         """Write ``scores.csv`` (id, label, score[, role]; scores round-trip exactly) and ``metrics.json``."""

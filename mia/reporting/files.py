@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mia.evaluation.metrics import ROC
 from mia.evaluation.result import AttackResult
-from mia.reporting.figures import plot_roc, plot_score_histogram
+from mia.reporting.figures import plot_score_histogram
 
 OUTPUT_FILES = ("metrics.json", "scores.csv", "roc.png", "scores_histogram.png")
 
 
-def write_outputs(result: AttackResult, roc: ROC, directory: str | Path) -> dict[str, Path]:
+def write_outputs(result: AttackResult, directory: str | Path) -> dict[str, Path]:
     """``metrics.json``, ``scores.csv``, ``roc.png`` (linear + log-log) and ``scores_histogram.png``.
 
-    The pictures show the evaluation rows, as the metrics do (``roc`` is theirs).
+    The pictures show the evaluation rows, as the metrics do.
     """
     directory = Path(directory)
     result.save(directory)
     paths = {"roc": directory / "roc.png", "histogram": directory / "scores_histogram.png"}
-    auc = result.metrics.get("auc", float("nan"))
-    plot_roc([(f"{result.attack} (AUC {auc:.3f})", roc)], title=result.attack).savefig(paths["roc"], dpi=120)
+    result.plot_roc().savefig(paths["roc"], dpi=120)
     plot_score_histogram(*result.evaluation_part(), title=f"{result.attack} scores").savefig(
         paths["histogram"], dpi=120
     )

@@ -1,7 +1,7 @@
 """On-disk store of an attack's per-sample outputs, in chunks: the prediction cache, and what a killed run resumes from.
 
-What is stored per sample is what the scores are made from: NA's k noise predictions (a sweep over the
-statistic or the metrics then makes no new queries), every other attack's scores. One folder per key
+What is stored per sample is what the attack's ``collect`` returns: NA's k noise predictions (a sweep over
+the statistic or the metrics then makes no new queries), CLiD's losses, other attacks' scores. One folder per key
 (``mia.scoring.cache_key``)::
 
     chunks/<first row>-<token>.npz   index [n] int64, values [n, ...] (any shape), queries: one chunk
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import uuid
 import zipfile
 from collections import OrderedDict
@@ -39,9 +38,6 @@ from mia.errors import MiaError
 
 log = logging.getLogger(__name__)
 
-# Tests only: a process that has published this many chunks kills itself (SIGKILL) while writing the
-# next one, after its temporary file is half written: what a kill in the middle of a long attack leaves.
-KILL_AFTER_CHUNKS = "MIA_TEST_KILL_AFTER_CHUNKS"
 _LOADED_CHUNKS = 4  # chunks' values kept in memory while reading (batches read chunks in order)
 
 
@@ -139,7 +135,6 @@ class PredictionCache:
                 np.savez(handle, index=index, values=values, queries=np.int64(queries))
                 handle.flush()
                 os.fsync(handle.fileno())
-            _test_kill_hook(partial, self._published)
             os.replace(partial, self._chunk_dir / name)
         except FileNotFoundError:  # the entry was evicted by another job meanwhile: these rows stay unstored
             log.warning("cache entry %s disappeared while this run wrote it; its rows are not cached", self.folder)
@@ -225,14 +220,6 @@ def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     partial.write_text(text)
     os.replace(partial, path)
-
-
-def _test_kill_hook(partial: Path, published: int) -> None:
-    limit = os.environ.get(KILL_AFTER_CHUNKS)
-    if limit is not None and published >= int(limit):
-        with open(partial, "r+b") as handle:
-            handle.truncate(partial.stat().st_size // 2)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _last_use(entry: Path) -> float:

@@ -10,8 +10,8 @@
     plugin's), and any module outside the libraries below that defines the target's or its denoiser's class;
 * the libraries under that code: torch, diffusers, numpy, transformers and lightning versions;
 * what is attacked: the target's identity (a digest of its weights and schedule) and the samples' digest;
-* the settings the predictions depend on (NA: all but the statistic and δ; other attacks: all), the device
-  type and the precision.
+* the settings the predictions depend on (the attack's ``prediction_settings``: NA's all but the statistic
+  and δ, a learned attack's those of its features, other attacks' all), the device type and the precision.
 
 Editing the metrics, the reports or the CLI keeps the entries; editing any file above misses them. A
 target without an identity (built in code) gets no cache at all: two such targets could not be told apart.
@@ -106,9 +106,8 @@ def cache_key(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, t
         "format": CACHE_FORMAT,
         "code": code,
         "libraries": library_versions(),
-        "stores": "predictions" if attack.cacheable or attack.fitted else "scores",
         "attack": attack.name,
-        "settings": attack.prediction_settings() if attack.cacheable or attack.fitted else attack.settings(),
+        "settings": attack.prediction_settings(),
         "target": target.identity,
         "samples": evalset.digest,
         "device": trainer.strategy.root_device.type,

@@ -1,9 +1,11 @@
 """Scoring: one attack over an evaluation set, through Lightning's predict loop, with the prediction cache.
 
-``score`` returns the scores aligned with the evaluation set and what they cost (counted queries, seconds,
-device), on one device or several (``mia.scoring.ranks``). With the cache, the outputs are stored in chunks
-as they are made, so a killed run resumes (``mia.scoring.cache``). Nothing here computes a metric or writes
-a report.
+``predict`` runs the attack's ``collect`` (every model query) and ``aggregate`` over the evaluation set and
+returns the per-sample features in the evaluation set's order with what they cost (counted queries,
+seconds, device), on one device or several (``mia.scoring.ranks``). With the cache, what ``collect``
+returns is stored in chunks as it is made, so a killed run resumes (``mia.scoring.cache``). Fitting and
+scoring the features is the protocol's (``mia.evaluation.protocol``); nothing here computes a metric or
+writes a report.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ class ScoringSettings:
 
 
 @dataclass
-class Scores:
-    """An attack's scores over an evaluation set and what they cost."""
+class Predictions:
+    """An attack's per-sample features over an evaluation set and what they cost."""
 
-    values: np.ndarray  # float64 [N] scores (higher = member), or a fitted attack's features [N, ...]
+    features: np.ndarray  # float64 [N, ...]: what ``aggregate`` made of each sample's predictions
     queries: int  # sample-forwards the predictions took when they were made (counted now or by the cache)
     queries_this_run: int  # sample-forwards this call made, over every device (0 on a cache hit)
     seconds: float
@@ -69,8 +71,8 @@ def check_cache_settings(settings: ScoringSettings) -> None:
         raise MiaError(f"cache.max_gb must be a positive number of GB (or null: no bound), got {size!r}")
 
 
-def score(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, settings: ScoringSettings) -> Scores:
-    """Run ``attack`` over ``evalset`` and return its scores in the evaluation set's order."""
+def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, settings: ScoringSettings) -> Predictions:
+    """Run ``attack``'s queries over ``evalset``; its features in the evaluation set's order, with their cost."""
     check_cache_settings(settings)
     trainer = settings.make_trainer()
     check_precision(trainer)
@@ -88,10 +90,10 @@ def score(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, setti
         cache.flush()  # before the exchange below, so rank zero finds every rank's chunks
     ranks = gather({"batches": batches, "read_cost": cache.read_cost if cache is not None else Fraction(0)})
     seconds = time.perf_counter() - (module.started or time.perf_counter())
-    values = assemble([b for rank in ranks for b in rank["batches"]], len(evalset)).numpy()
-    bad = np.isnan(values.reshape(len(values), -1)).any(axis=1)
+    features = assemble([b for rank in ranks for b in rank["batches"]], len(evalset)).numpy()
+    bad = np.isnan(features.reshape(len(features), -1)).any(axis=1)
     if bad.any():
-        raise MiaError(f"the attack produced NaN scores for {int(bad.sum())} of {len(values)} samples; "
+        raise MiaError(f"the attack produced NaN features for {int(bad.sum())} of {len(features)} samples; "
                        "the target's predictions are broken")
     queries = int(sum(int(b["queries"]) for rank in ranks for b in rank["batches"]))
     # The attack's cost is what the predictions took when they were made: counted now, or read with them.
@@ -104,4 +106,4 @@ def score(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, setti
     wait_for_workers(trainer)
     device = trainer.strategy.root_device
     where = str(device) if trainer.world_size == 1 else f"{device.type} x {trainer.world_size}"
-    return Scores(values, cost, queries, seconds, where, main)
+    return Predictions(features, cost, queries, seconds, where, main)

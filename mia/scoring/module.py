@@ -25,10 +25,10 @@ def _rows(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
 class AttackModule(L.LightningModule):
     """Runs an attack against a target under Lightning's predict loop (devices, progress bar).
 
-    What the scores are made of (NA: its k noise predictions; other attacks: the scores) is read from
-    the cache for the rows it holds and computed, then cached, for the others. A batch's output may be
-    of any shape past the batch dimension ([B] scores, [B, F] features): a fitted attack's output is its
-    features, since it is fitted on the calibration part before anything is scored.
+    What the attack collects (its model queries) is read from the cache for the rows it holds and computed,
+    then cached, for the others; each batch's output is the attack's per-sample features (``aggregate``), of
+    any shape past the batch dimension. Fitting and scoring happen after the loop, on every row at once
+    (mia.evaluation.protocol).
     """
 
     def __init__(self, target: DiffusionTarget, attack: Attack, cache: PredictionCache | None = None) -> None:
@@ -48,9 +48,7 @@ class AttackModule(L.LightningModule):
         noise = SampleNoise(batch["key"], getattr(self.attack, "seed", 0))
         x0 = self.target.encode(to_model_range(batch["image"]), noise)  # a latent draw takes the sample's noise
         cond = self.target.conditions(batch, self.attack.guidance_scale)
-        if self.attack.cacheable or self.attack.fitted:
-            return self.attack.collect(self.target, x0, noise, cond)
-        return self.attack.score(self.target, x0, noise, cond)
+        return self.attack.collect(self.target, x0, noise, cond)
 
     def _stored_or_computed(self, batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
         assert self.cache is not None
@@ -71,11 +69,9 @@ class AttackModule(L.LightningModule):
         index = batch["index"].cpu()
         before = self.target.queries
         values = self._compute(batch) if self.cache is None else self._stored_or_computed(batch, index)
-        aggregated = self.attack.cacheable and not self.attack.fitted
-        output = self.attack.aggregate(values) if aggregated else values
         return {
             "index": index,
-            "score": output.detach().to(torch.float64).cpu(),
+            "features": self.attack.aggregate(values).detach().to(torch.float64).cpu(),
             # Sample-forwards this batch made, counted by the hook on the denoiser.
             "queries": torch.tensor(self.target.queries - before),
         }

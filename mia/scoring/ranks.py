@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from mia.config import is_multirun
 from mia.errors import MiaError
 
 
@@ -28,6 +29,11 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes a run's files and W&B run: the only one, or rank zero of several."""
+    return world()[1] == 0
 
 
 class WholeBatches(DistributedSampler):
@@ -66,10 +72,7 @@ def check_devices(trainer: L.Trainer, rows: int, batch_size: int) -> None:
                                                                        _SubprocessScriptLauncher):
         raise MiaError(f"attacks on {size} devices run with trainer.strategy=ddp (or trainer=ddp), not {strategy} "
                        "with its start method")
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if is_multirun():
         raise MiaError(f"a multirun cannot run its jobs on {size} devices (ddp starts the whole command again on "
                        "every device); sweep on one device per job, e.g. hydra/launcher=slurm")
     batches = math.ceil(rows / batch_size)
@@ -104,7 +107,7 @@ def wait_for_workers(trainer: L.Trainer) -> None:
 def assemble(batches: list[dict[str, torch.Tensor]], rows: int) -> torch.Tensor:
     """Outputs ``[rows, ...]`` in the evaluation set's order, from every rank's batches; each row exactly once."""
     index = torch.cat([b["index"] for b in batches])
-    output = torch.cat([b["score"] for b in batches])
+    output = torch.cat([b["features"] for b in batches])
     counts = torch.bincount(index, minlength=rows)
     if len(counts) != rows or (counts != 1).any():
         lost, twice = int((counts[:rows] == 0).sum()), int((counts > 1).sum())

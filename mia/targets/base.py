@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mia.data.split import Split
 from mia.errors import MiaError
 
 
@@ -25,6 +26,12 @@ class DiffusionTarget(nn.Module):
     conditioning: ClassVar[str | None] = None  # what the denoiser is conditioned on: None, "text" or "class"
     is_latent: ClassVar[bool] = False  # True when x0 is an autoencoder's latent, not the image
     beta_schedule: str | None = None  # the scheduler config's beta_schedule (attacks pick defaults by it)
+    # Set by the loader that built the target (mia.targets.<kind>), for the evaluation set and the reports:
+    kind: str = "target"  # the loader's kind: pipeline, module, memorizer
+    source: str = ""  # what was attacked: a folder, a weights file or a factory ("" = built in code)
+    checkpoint: str | None = None  # the mia-train checkpoint whose weights replaced the folder's, if any
+    split: Split | None = None  # the member split that labels the evaluation samples (None: give two folders)
+    split_only: str | None = None  # why the target can be evaluated on its split only (None: folders are fine)
 
     def __init__(
         self,
@@ -60,9 +67,6 @@ class DiffusionTarget(nn.Module):
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the images the evaluation set must hold (x0's for pixel models)."""
         return self.sample_shape
-
-    def alpha_bar(self, t: int) -> float:
-        return float(self.alphas_cumprod[t])
 
     def image_shape_for(self, size: int | None) -> tuple[int, int, int]:
         """The image shape the evaluation set must hold when ``data.image_size`` asks for ``size``."""

@@ -9,12 +9,18 @@ benchmarks an upper reference.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
+from mia.data.evaluation_set import from_split
+from mia.data.images import to_model_range
+from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
+from mia.targets.latent import is_latent_pipeline
+from mia.targets.pipeline import load_pipeline_target, load_split, read_model_index
 
 
 class MemorizingDenoiser(nn.Module):
@@ -46,3 +52,27 @@ def memorizing_target(train_images: torch.Tensor, alphas_cumprod: torch.Tensor) 
     denoiser = MemorizingDenoiser(train_images, alphas_cumprod)
     return DiffusionTarget(denoiser, alphas_cumprod, denoiser.shape, name="memorizer",
                            identity="memorizer:" + digest.hexdigest())
+
+
+def load_memorizer(path: str, data_root: str | None = None) -> DiffusionTarget:
+    """``target=memorizer``: the closed-form memoriser of ``path``'s split members, on the folder's schedule.
+
+    An upper reference for a trained target: it memorises exactly the members its split.json names (read from
+    their dataset, ``data_root`` when it moved), so it is evaluated on that split only.
+    """
+    if not path:
+        raise MiaError("target.path is not set; pass target.path=<folder exported by mia-train>")
+    folder = Path(path).expanduser()
+    trained = load_pipeline_target(folder) if not is_latent_pipeline(read_model_index(folder)) else None
+    if trained is None or trained.conditioning is not None:
+        raise MiaError("target=memorizer memorises pixel images without conditions; use target=pipeline")
+    split = load_split(folder)
+    if split is None:
+        raise MiaError("target=memorizer memorises a split's members; the target has no split.json")
+    # The memoriser learns whichever images it reads, so its labels hold with or without a fingerprint.
+    members = from_split(split, data_root, max_nonmembers=1, allow_unverified=True)
+    model = memorizing_target(to_model_range(members.images[: members.n_members]), trained.alphas_cumprod)
+    model.kind, model.source, model.split = "memorizer", str(folder.resolve()), split
+    model.split_only = ("target=memorizer memorises the split's members; it cannot be evaluated on data.members / "
+                        "data.nonmembers folders, whose labels it does not know")
+    return model

@@ -1,4 +1,4 @@
-"""``target.kind=module``: any PyTorch denoiser, built by a factory the user names (docs/target_interface.md).
+"""``target=module``: any PyTorch denoiser, built by a factory the user names (docs/target_interface.md).
 
 ``target.module`` is a Hydra node (``_target_`` + arguments) returning an ``nn.Module`` whose
 ``forward(x_t, t)`` returns ε (a tensor, or an object with ``.sample``). What mia cannot guess comes with it:
@@ -28,7 +28,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from torch import nn
 
-from mia.cli.config import build
+from mia.config import build
 from mia.data.split import Split
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
@@ -201,8 +201,6 @@ def _identity(target: Mapping[str, Any], module: nn.Module, alphas: torch.Tensor
 
 def load_module_target(target: Mapping[str, Any]) -> DiffusionTarget:
     """The denoiser ``target.module`` builds, with its schedule, conventions and optional weights file."""
-    if OmegaConf.is_config(target) and OmegaConf.is_missing(target, "weights"):
-        raise MiaError("target.weights is not set; pass target.weights=<checkpoint>, e.g. ckpt.pt")
     timestep_input, zero_one, sample_shape = _choice(target)
     alphas = schedule_alphas(target)
     module = build_module(target.get("module"))
@@ -238,32 +236,6 @@ def _probe(model: DiffusionTarget) -> None:
         model.reset_queries()
 
 
-# The keys of conf/attack/target/base/module.yaml: the default target option carries them too, so that
-# `target.kind=module target.module._target_=...` works from it; other kinds refuse them when changed.
-MODULE_KEYS = ("module", "schedule", "betas_file", "timestep_input", "input_range", "sample_shape", "weights",
-               "weights_key", "weights_prefix", "split")
-
-
-def _unset(target: Mapping[str, Any], key: str) -> bool:
-    if OmegaConf.is_config(target) and key in target and OmegaConf.is_missing(target, key):
-        return True
-    return not target.get(key)
-
-
-def refuse_module_keys(target: Mapping[str, Any]) -> None:
-    """Kinds other than module must not carry module settings that would be silently ignored."""
-    from mia.cli.config import config_dir
-
-    defaults = OmegaConf.to_container(OmegaConf.load(Path(config_dir("attack")) / "target" / "base" / "module.yaml"))
-    for key in MODULE_KEYS:
-        if key not in target:
-            continue
-        value = target[key]
-        if (OmegaConf.to_container(value) if OmegaConf.is_config(value) else value) != defaults[key]:
-            raise MiaError(f"target.{key} is a setting of target.kind=module (or target=pytorch_ddpm), but "
-                           f"target.kind is {target.get('kind')}; drop it, or pass target.kind=module")
-
-
 def read_split_file(path: str | None) -> Split | None:
     """The split.json that labels a module target's samples (None: the evaluation set comes from folders)."""
     if not path:
@@ -277,19 +249,19 @@ def read_split_file(path: str | None) -> Split | None:
     return Split.load(path)
 
 
-def load_module_kind(target: Mapping[str, Any]) -> tuple[DiffusionTarget, Split | None]:
-    """``target.kind=module``: the model and the split in ``target.split`` (None: give data.members/nonmembers)."""
-    if not _unset(target, "path"):
-        raise MiaError("target.path is for pipeline folders; with target.kind=module the model comes from "
-                       "target.module (and target.weights) and the labels from target.split or data.members/nonmembers")
-    if target.get("checkpoint"):
-        raise MiaError("target.checkpoint is for mia-train checkpoints of a pipeline target; with target.kind=module "
-                       "pass the weights file as target.weights")
-    return load_module_target(target), read_split_file(target.get("split"))
+def load_module(module: Any = None, schedule: Any = None, betas_file: str | None = None,
+                timestep_input: str = "index", input_range: Sequence[float] = (-1.0, 1.0),
+                sample_shape: Sequence[int] | None = None, weights: str | None = None, weights_key: str | None = None,
+                weights_prefix: str | None = None, split: str | None = None) -> DiffusionTarget:
+    """``target=module`` (and ``target=pytorch_ddpm``): the denoiser ``module`` builds, labelled by ``split``.
 
-
-def describe(target: Mapping[str, Any]) -> str:
-    """What a module target is, for reports: its weights file, else its factory."""
-    if target.get("weights"):
-        return str(Path(target["weights"]).expanduser().resolve())
-    return str((target.get("module") or {}).get("_target_"))
+    ``module`` is a Hydra node (``_target_`` + arguments) whose call returns the nn.Module; the other settings
+    say what mia cannot guess (docs/target_interface.md). Without ``split``, the evaluation set is two folders.
+    """
+    settings = {"module": module, "schedule": schedule, "betas_file": betas_file, "timestep_input": timestep_input,
+                "input_range": input_range, "sample_shape": sample_shape, "weights": weights,
+                "weights_key": weights_key, "weights_prefix": weights_prefix}
+    model = load_module_target(settings)
+    model.kind, model.split = "module", read_split_file(split)
+    model.source = str(Path(weights).expanduser().resolve()) if weights else str((module or {}).get("_target_"))
+    return model

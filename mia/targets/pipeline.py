@@ -46,7 +46,7 @@ def load_pipeline_target(path: str | Path, null_class: int | None = None) -> Dif
     path = Path(path).expanduser()
     index = read_model_index(path)
     if isinstance(index.get("vae"), list) and index["vae"][-1] is not None:
-        raise MiaError(f"{path} is a latent diffusion pipeline; load it with target.kind=pipeline (load_target)")
+        raise MiaError(f"{path} is a latent diffusion pipeline; load it with mia.targets.folder.load_folder")
     if "unet" not in index or "scheduler" not in index:
         raise MiaError(f"{path} has no unet/ and scheduler/; it is not a diffusion pipeline mia can attack")
     if isinstance(index["unet"], list) and index["unet"][-1] not in ("UNet2DModel", None):

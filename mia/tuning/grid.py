@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from mia.attacks.base import Attack
 from mia.data.evaluation_set import EvaluationSet
 from mia.errors import MiaError
 from mia.evaluation.metrics import FPR_TARGETS, auc, roc_curve, tpr_at_fpr
-from mia.scoring.engine import ScoringSettings, score
+from mia.scoring.engine import ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def tune(attack: Attack, grid: Mapping[str, Sequence[Any]], criterion: str, targ
     """Score every grid setting on ``calibration`` and return the best by ``criterion``."""
     if criterion not in CRITERIA:
         raise MiaError(f"tune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if attack.fitted:
+    if attack.learns_from_labels:
         raise MiaError(f"{attack.name} fits its own score on the calibration part; tune= applies to attacks "
                        "that fit nothing")
     labels = calibration.labels.numpy()
@@ -80,24 +81,35 @@ def tune(attack: Attack, grid: Mapping[str, Sequence[Any]], criterion: str, targ
     table, queries, made = [], 0, set()
     for setting in grid_settings(attack, grid):
         candidate = dataclasses.replace(attack, **setting)  # __post_init__ validates each value
-        fits = getattr(candidate, "fits", None)
-        if fits is not None and not fits(target):
-            log.info("tuning: skipping %s, which does not fit the target's schedule", setting)
-            table.append({**setting, criterion: None, "skipped": "does not fit the schedule"})
+        try:
+            candidate.check(target)
+        except MiaError as refusal:
+            log.info("tuning: skipping %s, which does not fit the target: %s", setting, refusal)
+            table.append({**setting, criterion: None, "skipped": str(refusal)})
             continue
-        scored = score(candidate, target, calibration, settings)
-        # The grid's cost whether or not the cache was warm: predictions shared by several settings once.
-        shared = json.dumps(candidate.prediction_settings(), sort_keys=True) if candidate.cacheable else None
-        if shared is None or shared not in made:
-            queries += scored.queries
+        predicted = predict(candidate, target, calibration, settings)
+        # The grid's cost whether or not the cache was warm: settings that share predictions pay for them once.
+        shared = json.dumps(candidate.prediction_settings(), sort_keys=True, default=str)
+        if shared not in made:
+            queries += predicted.queries
             made.add(shared)
-        value = criterion_value(scored.values, labels, criterion)
+        scores = candidate.score(torch.from_numpy(predicted.features)).to(torch.float64).numpy()
+        value = criterion_value(scores, labels, criterion)
         table.append({**setting, criterion: value})
         if best is None or value > best[0]:
-            best = (value, candidate, setting, scored.values)
+            best = (value, candidate, setting, scores)
     if best is None:
         raise MiaError("no setting of tune.grid fits the target; widen the grid")
     value, winner, chosen, calibration_scores = best
     log.info("tuning %s on %d calibration samples: %s = %.4f at %s (%d settings)", attack.name, len(calibration),
              criterion, value, chosen, len(table))
     return Tuning(winner, criterion, chosen, value, queries, calibration_scores, table)
+
+
+def tune_on_calibration(attack: Attack, spec: Mapping[str, Any], target: DiffusionTarget, calibration: EvaluationSet,
+                        settings: ScoringSettings) -> Tuning:
+    """``tune(...)`` from a tune config (``tune.grid``, ``tune.criterion``), refusing keys it does not have."""
+    unknown = sorted(set(spec) - {"grid", "criterion"})
+    if unknown:
+        raise MiaError(f"tune.{unknown[0]} is not a setting of tuning; its settings are grid and criterion")
+    return tune(attack, dict(spec.get("grid") or {}), spec.get("criterion", "auc"), target, calibration, settings)

@@ -1,13 +1,18 @@
-"""Hydra and OmegaConf helpers both entry points share: the config trees, resolvers, building objects.
+"""Hydra and OmegaConf helpers the library and both commands share: the config trees, resolvers, building objects.
 
 The configs live in ``conf/``: ``conf/train/`` (mia-train's tree), ``conf/attack/`` (mia-attack's tree) and
 ``conf/common/`` (logger, paths, hydra: on both trees' search path, through the ``mia_conf`` resolver).
 Two trees, so that an attack cannot compose a training option by accident (``mia-attack trainer=cpu`` is the
 attack's CPU trainer, never training's).
+
+Everything built from a config goes through ``build`` (``hydra.utils.instantiate``), and a node's keys are
+checked against the signature of what it builds first (``check_keys``): attacks and targets alike.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +20,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mia.errors import MiaError
 
 # Absolute, so the configs are found however the package was imported (console script, -m, tests).
-CONF_ROOT = Path(__file__).resolve().parents[2] / "conf"
+CONF_ROOT = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_CONFIG_DIR = str(CONF_ROOT / "train")
 ATTACK_CONFIG_DIR = str(CONF_ROOT / "attack")
+# Keys Hydra itself reads from a node it instantiates.
+HYDRA_KEYS = frozenset({"_target_", "_convert_", "_recursive_", "_partial_", "_args_"})
 
 
 def _auto_precision() -> str:
@@ -36,6 +43,11 @@ def _auto_precision() -> str:
 def config_dir(tree: str) -> str:
     """The folder of one config tree: ``train``, ``attack`` or ``common``."""
     return str(CONF_ROOT / tree)
+
+
+def options(group: str) -> list[str]:
+    """The option names of a config group of the attack tree, e.g. ``options("attack")``: na, loss, ..."""
+    return sorted(p.stem for p in (CONF_ROOT / "attack" / group).glob("*.yaml"))
 
 
 for _name, _resolver in (("auto_precision", _auto_precision), ("mia_conf", config_dir)):
@@ -53,6 +65,36 @@ def build(node: Any, **kwargs: Any) -> Any:
         raise
 
 
+def built_by(node: Mapping[str, Any], group: str, what: str, hint: str = "") -> Callable[..., Any]:
+    """What ``<group>._target_`` names (a class or a function), refused in one line when it cannot be imported."""
+    name = node.get("_target_")
+    try:
+        return get_object(str(name))
+    except Exception as err:  # Hydra wraps every import failure in its own exception types
+        raise MiaError(f"{group}._target_={name} is not {what} mia can import{hint}") from err
+
+
+def settings_of(factory: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The keyword settings a class or function takes, and whether it takes any (``**kwargs``)."""
+    parameters = inspect.signature(factory).parameters.values()
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind == p.VAR_KEYWORD for p in parameters)
+
+
+def check_keys(node: Mapping[str, Any], factory: Callable[..., Any], group: str, what: str,
+               hints: Mapping[str, str] | None = None) -> None:
+    """Refuse a key the factory does not take, naming the keys it does (``hints``: a better word for some keys)."""
+    names, open_ended = settings_of(factory)
+    if open_ended:  # a factory taking **kwargs names no keys
+        return
+    unknown = sorted(key for key in node if key not in names and key not in HYDRA_KEYS)
+    if unknown:
+        key = unknown[0]
+        hint = (hints or {}).get(key, "")
+        raise MiaError(f"{group}.{key} is not a setting of {what}; its settings are {', '.join(names)}"
+                       f"{'; ' + hint if hint else ''}")
+
+
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a group such as ``logger`` or ``callbacks`` (a dict of named configs)."""
     if not cfg:
@@ -61,6 +103,7 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (a sweep)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 

@@ -8,23 +8,19 @@ cannot be written: all stop the run here, before the target is loaded, so nothin
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mia.attacks.base import Attack, check_setting
 from mia.checks import require_bool, require_integer, require_number
-from mia.cli.config import CONF_ROOT
+from mia.config import built_by, check_keys, options
 from mia.errors import MiaError
 
 _ABSENT = object()
-# Keys Hydra itself reads from a node it instantiates.
-_HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
 
 
 def _integer(minimum: int, optional: bool = False) -> Callable[[str, Any], None]:
@@ -77,38 +73,45 @@ def check_knobs(cfg: DictConfig) -> None:
             check(key, value)
 
 
-def attack_options() -> list[str]:
-    return sorted(p.stem for p in (CONF_ROOT / "attack" / "attack").glob("*.yaml"))
-
-
 def attack_class(node: DictConfig) -> type[Attack]:
     """The attack class ``attack._target_`` names, refused when it is none."""
-    target = node.get("_target_")
-    try:
-        cls = get_class(str(target))
-    except Exception as err:  # Hydra wraps every import failure in its own exception types
-        raise MiaError(f"attack._target_={target} is not an attack mia can import; choose "
-                       f"attack=<{'|'.join(attack_options())}>") from err
+    cls = built_by(node, "attack", "an attack", f"; choose attack=<{'|'.join(options('attack'))}>")
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise MiaError(f"attack._target_={target} is not an attack (a subclass of mia.attacks.base.Attack)")
+        raise MiaError(f"attack._target_={node.get('_target_')} is not an attack (a subclass of "
+                       "mia.attacks.base.Attack)")
     return cls
 
 
 def check_attack_settings(node: DictConfig) -> type[Attack]:
     """Unknown keys are named with the keys that exist; each known key is checked against its declared type."""
     cls = attack_class(node)
-    parameters = inspect.signature(cls).parameters.values()
-    settings = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not any(p.kind == p.VAR_KEYWORD for p in parameters):  # an attack taking **kwargs names no keys
-        unknown = sorted(key for key in node if key not in settings and key not in _HYDRA_KEYS)
-        if unknown:
-            raise MiaError(f"attack.{unknown[0]} is not a setting of the {cls.name} attack; its settings are "
-                           f"{', '.join(settings)}")
+    check_keys(node, cls, "attack", f"the {cls.name} attack")
     types = {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     for name, annotation in types.items():
         if name in node:
             check_setting(name, node[name], annotation)
     return cls
+
+
+# Keys users carry over from another target option, and where they belong.
+_TARGET_HINTS = {
+    "kind": "the kind of target is the option itself: target=pipeline | memorizer | module | pytorch_ddpm",
+    **{key: "it is a setting of target=module (or target=pytorch_ddpm)" for key in (
+        "module", "schedule", "betas_file", "timestep_input", "input_range", "sample_shape", "weights", "weights_key",
+        "weights_prefix", "split")},
+    **{key: "it is a setting of target=pipeline" for key in ("checkpoint", "latent", "null_class")},
+}
+# What to pass for a mandatory key (``???``) left unset.
+_MANDATORY = {"path": "<folder exported by mia-train>", "weights": "<checkpoint>, e.g. ckpt.pt"}
+
+
+def check_target_settings(node: DictConfig) -> None:
+    """The target's loader exists, takes every key given, and every mandatory key (``???``) is set."""
+    loader = built_by(node, "target", "a target loader", f"; choose target=<{'|'.join(options('target'))}>")
+    check_keys(node, loader, "target", f"the {loader.__module__}.{loader.__name__} loader", _TARGET_HINTS)
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            raise MiaError(f"target.{key} is not set; pass target.{key}={_MANDATORY.get(key, '<value>')}")
 
 
 def runs_on_mps(accelerator: Any) -> bool:
@@ -135,9 +138,9 @@ def check_device(trainer: DictConfig) -> None:
         )
 
 
-def check_cache_dir(cfg: DictConfig, attack: type[Attack]) -> None:
-    """A cacheable attack with the cache on needs a folder it can write, known before any query is made."""
-    if not (cfg.cache.get("enabled") and attack.cacheable):
+def check_cache_dir(cfg: DictConfig) -> None:
+    """With the cache on, the attack needs a folder it can write, known before any query is made."""
+    if not cfg.cache.get("enabled"):
         return
     if cfg.cache.get("dir") is None:
         raise MiaError("cache.dir is not set; set cache.dir=<a writable folder> or cache.enabled=false")
@@ -154,8 +157,9 @@ def check_cache_dir(cfg: DictConfig, attack: type[Attack]) -> None:
 def check_run(cfg: DictConfig) -> None:
     """All of the above, in the order a user would fix them."""
     check_knobs(cfg)
-    attack = check_attack_settings(cfg.attack)
+    check_attack_settings(cfg.attack)
+    check_target_settings(cfg.target)
     if cfg.get("trainer") is not None:
         check_device(cfg.trainer)
-    check_cache_dir(cfg, attack)
+    check_cache_dir(cfg)
 

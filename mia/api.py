@@ -1,0 +1,196 @@
+"""mia as a library: load a target, run attacks on it, read and plot the results (docs/api.md).
+
+The commands are built on these calls: ``mia-attack`` composes a config, builds the target and the attack
+from it, calls ``run_attack`` and writes the result's files and W&B run (``mia.runs.attack``).
+
+    target = mia.load_target("runs/demo/target")
+    result = mia.run_attack(target, NoiseAggregation(t=40, noise_scale=0.1))
+    result.metrics["auc"], result.plot_roc()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from omegaconf import OmegaConf
+
+from mia.attacks.base import Attack
+from mia.config import build, config_dir, options
+from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
+from mia.errors import MiaError
+from mia.evaluation.calibration import calibration_fraction
+from mia.evaluation.protocol import Outcome, Protocol, apply, measure, roles
+from mia.evaluation.result import AttackResult
+from mia.reporting.provenance import provenance
+from mia.scoring.engine import Predictions, ScoringSettings, predict
+from mia.targets.base import DiffusionTarget
+from mia.targets.folder import load_folder
+from mia.tuning.grid import Tuning, tune_on_calibration
+
+log = logging.getLogger(__name__)
+
+
+def load_target(path: str | Path, checkpoint: str | Path | None = None, latent: str = "mean",
+                null_class: int | None = None) -> DiffusionTarget:
+    """A diffusers pipeline folder (mia-train's export or any other) with its split.json, as ``target=pipeline``.
+
+    Other kinds have their own loaders: ``mia.targets.module.load_module`` (any nn.Module),
+    ``mia.targets.memorizer.load_memorizer``.
+    """
+    return load_folder(str(path), None if checkpoint is None else str(checkpoint), latent, null_class)
+
+
+def make_attack(attack: Attack | str, **settings: Any) -> Attack:
+    """An attack: given as an instance, or by its option name (``"na"``) with its config's defaults and ``settings``."""
+    if isinstance(attack, Attack):
+        return dataclasses.replace(attack, **settings) if settings else attack
+    if attack not in options("attack"):
+        raise MiaError(f"there is no attack {attack!r}; choose one of {', '.join(options('attack'))}")
+    node = OmegaConf.load(Path(config_dir("attack")) / "attack" / f"{attack}.yaml")
+    return build(node, **settings, _convert_="all")
+
+
+def evaluation_set(target: DiffusionTarget, members: str | Path | None = None, nonmembers: str | Path | None = None,
+                   *, root: str | None = None, image_size: int | None = None, max_members: int | None = None,
+                   max_nonmembers: int | None = None, caption: str | None = None,
+                   allow_unverified: bool = False) -> EvaluationSet:
+    """The samples to attack: two image folders when given, else the target's split (its dataset re-read and checked).
+
+    ``root``: where the split's dataset lives now; ``image_size``: folder images are resized to it;
+    ``max_members``/``max_nonmembers``: the first N of the split; ``caption``: text-to-image targets' captions
+    (None = the data's own, ``"none"`` = the empty prompt, or a column of the folders' caption files).
+    """
+    if (members or nonmembers) and target.split_only:
+        raise MiaError(target.split_only)
+    data = {"root": root, "members": None if members is None else str(members),
+            "nonmembers": None if nonmembers is None else str(nonmembers), "image_size": image_size,
+            "max_members": max_members, "max_nonmembers": max_nonmembers, "caption": caption,
+            "allow_unverified": allow_unverified}
+    return evaluation_set_for(data, target.image_shape_for(image_size), target.split, target.source or target.name,
+                              target.conditioning, stream=target.is_latent)
+
+
+def trainer_factory(accelerator: str = "auto", devices: int = 1, progress_bar: bool = False,
+                    **options: Any) -> Callable[[], L.Trainer]:
+    """A fresh Lightning predict Trainer per scoring call, in full precision (as conf/attack/trainer/predict.yaml)."""
+    def make() -> L.Trainer:
+        return L.Trainer(accelerator=accelerator, devices=devices, precision="32-true", logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, inference_mode=True,
+                         enable_progress_bar=progress_bar, **options)
+
+    return make
+
+
+def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Path | None = None,
+               nonmembers: str | Path | None = None, *, evalset: EvaluationSet | None = None,
+               protocol: Protocol | None = None, tune: Mapping[str, Any] | None = None,
+               scoring: ScoringSettings | None = None, **data: Any) -> AttackResult:
+    """Attack ``target`` and measure the attack by the protocol (docs/method.md, "the protocol").
+
+    The samples: ``evalset``, else ``evaluation_set(target, members, nonmembers, **data)``. ``protocol``: the
+    calibration part and the metrics' settings (its ``calibration`` None = 0.2 when anything is fitted, else
+    0). ``tune``: ``{"grid": {knob: [values]}, "criterion": "auc"}`` chooses the knobs on the calibration part
+    first. ``scoring``: batch size, device (a Trainer factory) and the prediction cache (none by default).
+    """
+    attack = make_attack(attack)
+    target.check_guidance(attack.guidance_scale)
+    attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    if evalset is None:
+        evalset = evaluation_set(target, members, nonmembers, **data)
+    elif members or nonmembers or data:
+        raise MiaError("give the samples once: evalset=, or members/nonmembers and their options")
+    protocol = protocol or Protocol(calibration=None)
+    fitted = attack.learns_from_labels or bool(tune)
+    protocol = dataclasses.replace(protocol, calibration=calibration_fraction(protocol.calibration, fitted))
+    scoring = scoring or ScoringSettings(trainer_factory())
+    log.info("attack %s on %s: %d members, %d non-members", attack.name, target.source or target.name,
+             evalset.n_members, len(evalset) - evalset.n_members)
+    labels = evalset.labels.numpy()
+    mask = roles(evalset.ids, labels, protocol)
+    tuning = None
+    if tune:
+        # Chosen on the calibration samples alone; the winner then scores the evaluation samples once.
+        tuning = tune_on_calibration(attack, tune, target, evalset.subset(np.flatnonzero(mask)), scoring)
+        attack = tuning.attack
+        predicted = predict(attack, target, evalset.subset(np.flatnonzero(~mask)), scoring)
+        scores = np.empty(len(evalset))
+        scores[mask], scores[~mask] = tuning.calibration_scores, attack.score(_tensor(predicted.features)).numpy()
+        outcome = Outcome(scores, mask, measure(attack.name, scores, labels, mask, protocol))
+        scored_samples = int((~mask).sum())
+    else:
+        predicted = predict(attack, target, evalset, scoring)
+        outcome = apply(attack, predicted.features, labels, mask, protocol)
+        scored_samples = len(evalset)
+    metrics = {
+        **_what_was_attacked(attack, target),
+        **outcome.metrics,
+        **({"calibration": outcome.chosen} if outcome.chosen else {}),
+        **({"tuning": tuning.record()} if tuning is not None else {}),
+        **_cost(predicted, scored_samples),
+        **_other_passes(target, scored_samples),
+        "evaluation_set": evalset.record,
+        "provenance": provenance(predicted.device, target.identity,
+                                 target.split if evalset.record.get("labels") == "split.json" else None),
+    }
+    return AttackResult(attack.name, evalset.ids, labels, outcome.scores, metrics, mask)
+
+
+def plot_roc(*results: AttackResult, title: str = "ROC") -> Any:
+    """The ROC curves of several results on one figure (linear and log-log axes), each on its evaluation rows."""
+    from mia.reporting.figures import plot_roc as draw
+
+    return draw([(f"{r.attack} (AUC {r.metrics.get('auc', float('nan')):.3f})", r.roc()) for r in results], title)
+
+
+def compare(results: Sequence[AttackResult], keys: Sequence[str] = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr",
+                                                                   "asr_calibrated", "queries_per_sample")) -> str:
+    """A small table of several results side by side (one row per attack)."""
+    rows = [["attack", *keys]] + [[r.attack, *(_cell(r.metrics.get(k)) for k in keys)] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _tensor(features: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(features)
+
+
+def _tidy(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _what_was_attacked(attack: Attack, target: DiffusionTarget) -> dict[str, Any]:
+    return {"attack": attack.name, "settings": attack.settings(), "target": target.source or target.name,
+            "target_kind": target.kind, "target_checkpoint": target.checkpoint}
+
+
+def _cost(predicted: Predictions, n: int) -> dict[str, Any]:
+    """The chosen setting's cost over the samples it scored; a tuning's grid is reported apart."""
+    return {
+        "queries_per_sample": _tidy(predicted.queries / n),
+        "queries_per_sample_this_run": _tidy(predicted.queries_this_run / n),
+        "seconds": round(predicted.seconds, 3),
+        "seconds_per_1000": round(1000 * predicted.seconds / n, 3),
+        "device": predicted.device,
+    }
+
+
+def _other_passes(target: DiffusionTarget, n: int) -> dict[str, Any]:
+    """The target's conditioning and its VAE / text-encoder passes this run, apart from the denoiser's queries."""
+    passes = {f"{name}_per_sample": _tidy(count / n) for name, count in target.passes().items()}
+    return {"conditioning": target.conditioning or "none", **passes}
+
+
+__all__ = ["AttackResult", "Protocol", "ScoringSettings", "Tuning", "compare", "evaluation_set", "load_target",
+           "make_attack", "plot_roc", "run_attack", "trainer_factory"]
