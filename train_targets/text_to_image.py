@@ -16,14 +16,10 @@ under ``autoencoder``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-from torchvision.utils import make_grid, save_image
 from transformers import PreTrainedTokenizerBase
 
 from mia.data.images import to_model_range
@@ -35,6 +31,7 @@ from train_targets.autoencoder import (
     outside_split,
     train_autoencoder,
 )
+from train_targets.denoising import DenoisingTarget
 from train_targets.text_to_image_parts import build_parts, check_parts, load_parts, load_vae
 
 log = logging.getLogger(__name__)
@@ -56,7 +53,7 @@ class Frozen:
         return self
 
 
-class TextToImageTarget(L.LightningModule):
+class TextToImageTarget(DenoisingTarget):
     """Latent ε-prediction diffusion conditioned on captions: VAE + CLIP text encoder + conditional UNet."""
 
     def __init__(
@@ -109,11 +106,6 @@ class TextToImageTarget(L.LightningModule):
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.frozen.tokenizer
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The network an attack will query (what the parameter count counts)."""
-        return self.unet
 
     def check_fits(self, channels: int, image_size: int) -> None:
         """Refuse data the VAE cannot encode and parts that do not fit together, before training starts."""
@@ -195,41 +187,28 @@ class TextToImageTarget(L.LightningModule):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, captions: list[str]) -> torch.Tensor:
         return self.unet(z_t, t, encoder_hidden_states=self.text_features(captions)).sample
 
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, captions = batch[0], list(batch[-1])
-        if self.hparams.hflip:
-            flip = torch.rand(len(images), device=images.device) < 0.5
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        z0 = self.encode(images, sample=True)
+    def condition(self, batch: tuple, training: bool) -> list[str]:
+        """The batch's captions (its last item); in training, each replaced by "" with ``caption_dropout``."""
+        captions = list(batch[-1])
+        if not training:
+            return captions
         # Classifier-free guidance training: some captions become the null ("") condition.
         drop = torch.rand(len(captions)) < self.hparams.caption_dropout
-        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist(), strict=True)]
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(z0),), device=z0.device)
-        loss = F.mse_loss(self(self.noise_scheduler.add_noise(z0, noise, t), t, captions), noise)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        return loss
+        return ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist(), strict=True)]
 
-    def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, labels, pixel_noise, t, captions = batch
-        z0 = self.encode(images, sample=False)
-        # The probe's fixed pixel-shaped noise (shared by member j and non-member j) supplies the latent noise:
-        # its first C·h·w values per sample are as standard-normal as the whole.
-        noise = pixel_noise.flatten(1)[:, : z0[0].numel()].reshape(z0.shape)
-        prediction = self(self.noise_scheduler.add_noise(z0, noise, t), t, list(captions))
-        per_sample = (prediction - noise).pow(2).flatten(1).mean(1)
-        members = labels == 1
-        for name, rows in (("val/loss_members", members), ("val/loss_nonmembers", ~members)):
-            if rows.any():
-                self.log(name, per_sample[rows].mean(), batch_size=int(rows.sum()), sync_dist=True)
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        parameters = [*self.unet.parameters()]
+        if self.hparams.train_text_encoder:
+            parameters += [*self.text_encoder.parameters()]
+        return parameters
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.trainer.callback_metrics
-        if "val/loss_members" in metrics and "val/loss_nonmembers" in metrics:
-            self.log("val/loss_gap", metrics["val/loss_nonmembers"] - metrics["val/loss_members"], prog_bar=True)
-        if self.hparams.sample_count > 0 and not self.trainer.sanity_checking:
-            self._log_samples()
+        super().on_validation_epoch_end()  # the loss gap
+        # Drawn here, as before the shared base class, so the grids stay what they were: after the callbacks'
+        # hooks, i.e. with the raw weights (the EMA callback has swapped them back in), and on every rank
+        # under DDP. DDPMTarget draws at the epoch's start, with the EMA weights, on rank zero.
+        if self.previews_due():
+            self.log_samples()
 
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int, guidance_scale: float, seed: int = 0) -> torch.Tensor:
@@ -238,26 +217,7 @@ class TextToImageTarget(L.LightningModule):
         return self.pipeline()(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
                                generator=generator, output_type="pt").images
 
-    def _log_samples(self) -> None:
+    def preview(self) -> tuple[torch.Tensor, list[str]]:
+        """Previews for the first members' captions."""
         captions = self.trainer.datamodule.captions[0][: self.hparams.sample_count]
-        images = self.sample(captions, self.hparams.sample_steps, self.hparams.sample_guidance).float()
-        scale = max(1, 64 // images.shape[-1])  # small images are enlarged, without smoothing
-        grid = make_grid(F.interpolate(images, scale_factor=scale, mode="nearest"), nrow=4, pad_value=0.5)
-        step = self.global_step
-        if self.hparams.sample_dir:
-            path = Path(self.hparams.sample_dir) / f"samples_step{step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(grid, path)
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):  # W&B; the CSV logger keeps scalars only
-                logger.log_image(key="samples", images=[grid.cpu()], step=step, caption=["; ".join(captions)])
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        parameters = [*self.unet.parameters()]
-        if self.hparams.train_text_encoder:
-            parameters += [*self.text_encoder.parameters()]
-        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                      betas=tuple(self.hparams.betas))
-        warmup = max(1, int(self.hparams.warmup_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return self.sample(captions, self.hparams.sample_steps, self.hparams.sample_guidance).float(), captions
