@@ -79,4 +79,4 @@ def _memorizer_of(split: Split | None, model: DiffusionTarget, data: Mapping[str
         raise MiaError("target.kind=memorizer memorises pixel images without conditions; use target.kind=pipeline")
         # The memoriser learns whichever images it reads, so its labels hold with or without a fingerprint.
     members = from_split(split, data.get("root"), max_nonmembers=1, allow_unverified=True)
-    return memorizing_target(to_model_range(members.images[: members.n_members]), model.alphas_cumprod)
+    return memorizing_target(to_model_range(members.stack(range(members.n_members))), model.alphas_cumprod)
