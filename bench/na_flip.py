@@ -96,8 +96,8 @@ def scaling_profiles(attack: NoiseAggregation, target: DiffusionTarget, evalset:
                 continue
             parts = []
             for start in range(0, len(subset), batch_size):
-                rows = slice(start, start + batch_size)
-                x0 = target.encode(to_model_range(subset.images[rows]).to(device))
+                rows = range(start, min(start + batch_size, len(subset)))
+                x0 = target.encode(to_model_range(subset.stack(rows)).to(device))
                 noise = SampleNoise(subset.keys[rows], variant.seed)
                 parts.append(relative_to_injected(variant.collect(target, x0, noise), float(scale)))
             for i, name in enumerate(SCALING):

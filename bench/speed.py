@@ -150,7 +150,8 @@ def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> 
     target = build(cfg.target)
     evalset = evaluation_set_of(cfg, target)
     batch = cfg.data.batch_size
-    batches = [to_model_range(evalset.images[i : i + batch]) for i in range(0, len(evalset), batch)]
+    images = evalset.stack()
+    batches = [to_model_range(images[i : i + batch]) for i in range(0, len(evalset), batch)]
 
     def plain() -> float:
         started = time.perf_counter()
@@ -207,7 +208,8 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     evalset = evaluation_set_for(cfg.data, target.image_shape, target.split, target.source, target.conditioning)
     batch = cfg.data.batch_size
     captions = evalset.extras["caption"]
-    batches = [(to_model_range(evalset.images[i : i + batch]), captions[i : i + batch])
+    images = evalset.stack()
+    batches = [(to_model_range(images[i : i + batch]), captions[i : i + batch])
                for i in range(0, len(evalset), batch)]
     unet, vae, text_encoder, tokenizer = target.denoiser, target.vae, target.text_encoder, target.tokenizer
 

@@ -116,7 +116,7 @@ def score_all(attack, target, evalset, batch_size: int = 100) -> np.ndarray:
     scores = []
     for start in range(0, len(evalset), batch_size):
         stop = min(start + batch_size, len(evalset))
-        x0 = to_model_range(evalset.images[start:stop])
+        x0 = to_model_range(evalset.stack(range(start, stop)))
         scores.append(attack.scores_of(target, x0, SampleNoise(evalset.keys[start:stop], getattr(attack, "seed", 0))))
     return torch.cat(scores).numpy()
 

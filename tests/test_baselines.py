@@ -11,7 +11,7 @@ from conftest import score_all
 from diffusers import DDPMScheduler, UNet2DModel
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SampleNoise, SecMI, SimA
-from mia.data.evaluation_set import sample_key
+from mia.data.samples import sample_key
 from mia.errors import MiaError
 from mia.evaluation.metrics import auc, roc_curve
 from mia.targets.base import DiffusionTarget
@@ -124,7 +124,7 @@ def test_each_attack_beats_chance_on_the_memorizer_and_is_oriented(digits_memori
 
 def test_members_score_higher_than_noise_images(digits_memorizer):
     target, evalset = digits_memorizer
-    x0 = torch.cat([evalset.images[:5].float() / 127.5 - 1, torch.rand(5, 1, 16, 16) * 2 - 1])
+    x0 = torch.cat([evalset.stack(range(5)).float() / 127.5 - 1, torch.rand(5, 1, 16, 16) * 2 - 1])
     keys = torch.arange(10)
     for attack in ALL_DEFAULTS:
         scores = attack.scores_of(target, x0, SampleNoise(keys, 0)).numpy()

@@ -77,7 +77,7 @@ def test_targets_without_identity_are_never_cached(small, tmp_path: Path, monkey
                                                    caplog: pytest.LogCaptureFixture):
     memorizer, evalset = small
     monkeypatch.setattr(cache_key, "_said", set())
-    images = to_model_range(evalset.images)
+    images = to_model_range(evalset.stack())
     alphas = memorizer.alphas_cumprod
 
     def built_in_code(rows: slice) -> DiffusionTarget:  # no identity, as a target made in a script has

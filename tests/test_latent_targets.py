@@ -13,9 +13,9 @@ from tiny_t2i import build_tiny_pixel, build_tiny_sd, write_captioned, write_lab
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SampleNoise, SecMI, SimA
 from mia.attacks.clid import CLiDThreshold
-from mia.data.evaluation_set import evaluation_set_for, from_folders
+from mia.data.evaluation_set import InMemoryImages, evaluation_set_for, from_folders
 from mia.data.images import to_model_range
-from mia.data.streamed import StreamedEvaluationSet
+from mia.data.streamed import StreamedImages
 from mia.errors import MiaError
 from mia.runs.attack import run
 from mia.targets.class_conditional import ClassConditionalTarget
@@ -135,11 +135,12 @@ def test_guidance_is_classifier_free_guidance_inside_the_noise_prediction(sd, ba
 def test_latent_evaluation_sets_stream_from_the_files(sd, captioned):
     data = {"members": str(captioned[0]), "nonmembers": str(captioned[1])}
     streamed = evaluation_set_for(data, sd.image_shape, None, "tiny", "text", stream=True)
-    assert isinstance(streamed, StreamedEvaluationSet) and streamed.image_shape == (3, 16, 16)
-    with pytest.raises(TypeError, match="no images in memory"):
-        _ = streamed.images
+    assert isinstance(streamed.source, StreamedImages) and streamed.image_shape == (3, 16, 16)
     in_memory = from_folders(data["members"], data["nonmembers"], 16, 3)
+    assert isinstance(in_memory.source, InMemoryImages)
     assert streamed.ids == in_memory.ids and torch.equal(streamed[4]["image"], in_memory[4]["image"])
+    assert torch.equal(streamed.stack([4, 0]), in_memory.stack([4, 0]))  # decoded on demand, the same pixels
+    assert torch.equal(streamed.stack(), in_memory.stack())
     captions = json.loads((captioned[0] / "metadata.jsonl").read_text().splitlines()[4])
     assert streamed[4]["caption"] == captions["text"] and streamed[4]["label"] == 1
     again = evaluation_set_for(data, sd.image_shape, None, "tiny", "text", stream=True)

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from mia.attacks import NoiseAggregation, SampleNoise
 from mia.attacks.aggregation import aggregation_score
-from mia.data.evaluation_set import EvaluationSet, sample_key
+from mia.data.evaluation_set import EvaluationSet
 from mia.data.images import to_model_range
+from mia.data.samples import sample_key
 from mia.errors import MiaError
 from mia.evaluation.metrics import auc, roc_curve
 from mia.scoring.module import AttackModule
@@ -34,7 +35,7 @@ def test_path_and_queries(digits_memorizer):
     for k in (2, 3, 5):
         target.reset_queries()
         attack = NoiseAggregation(k=k)
-        predictions = attack.collect(target, to_model_range(evalset.images[:7]), SampleNoise(evalset.keys[:7], 0))
+        predictions = attack.collect(target, to_model_range(evalset.stack(range(7))), SampleNoise(evalset.keys[:7], 0))
         assert predictions.shape == (7, k, 256)
         assert target.queries == 7 * k
 
@@ -44,7 +45,7 @@ def test_collect_follows_the_ddim_path_of_diffusers_schedulers(digits_memorizer)
     from diffusers import DDIMScheduler, DDPMScheduler
 
     target, evalset = digits_memorizer
-    x0 = to_model_range(evalset.images[:3]).double()
+    x0 = to_model_range(evalset.stack(range(3))).double()
     noise = SampleNoise(evalset.keys[:3], seed=4)
     attack = NoiseAggregation(t=30, k=3, m=10, noise_scale=0.5, seed=4)
     schedule = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
@@ -107,7 +108,7 @@ def test_a_path_outside_the_schedule_is_refused(digits_memorizer):
 def test_lightning_predict_loop_gives_the_same_scores(digits_memorizer):
     target, evalset = digits_memorizer
     attack = NoiseAggregation()
-    subset = EvaluationSet(evalset.images[195:205], evalset.labels[195:205], evalset.ids[195:205])
+    subset = EvaluationSet(evalset.stack(range(195, 205)), evalset.labels[195:205], evalset.ids[195:205])
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     batches = trainer.predict(AttackModule(target, attack), DataLoader(subset, batch_size=4))
     scores = torch.cat([b["score"] for b in batches]).numpy()

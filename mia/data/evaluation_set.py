@@ -1,7 +1,9 @@
-"""The evaluation set of an attack: members and non-members with their ids and labels.
+"""The evaluation set of an attack: members and non-members with their ids, labels and images.
 
 Built from a target's ``split.json`` (the dataset is re-read and its fingerprint checked), or from two
-image folders for targets trained elsewhere.
+image folders for targets trained elsewhere. Its images come from a source: held in memory
+(``InMemoryImages``) or, when they would not fit, decoded from the files item by item
+(``mia.data.streamed.StreamedImages``); the set is the same either way.
 """
 
 from __future__ import annotations
@@ -9,38 +11,86 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
 
-from mia.checks import require_integer
 from mia.data.conditions import check_caption_setting, conditions_for
-from mia.data.duplicates import distinct_rows, pixel_digest, separate_folders
+from mia.data.duplicates import pixel_digest, separate_folders
 from mia.data.images import load_images
-from mia.data.pools import FolderPool
+from mia.data.pools import FolderPool, ImagePool
 from mia.data.registry import RECORD_KEYS, build_pool, loader_arguments
+from mia.data.samples import distinct_samples, first_n, folder_record, membership_labels, sample_key, split_record
 from mia.data.split import Split, fingerprint
+from mia.data.streamed import StreamedImages, scan
 from mia.errors import MiaError
 
 
-def sample_key(sample_id: str) -> int:
-    """A stable 63-bit integer per id; with the attack's seed it seeds the sample's noise."""
-    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") >> 1
+class ImageSource(Protocol):
+    """Where an evaluation set's images come from: a uint8 tensor in memory, or files decoded item by item."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image."""
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> torch.Tensor:
+        """The uint8 image [C, H, W] at ``index``."""
+
+    def stack(self, rows: Sequence[int] | None) -> torch.Tensor:
+        """The images at ``rows`` (all when None) as one uint8 tensor [N, C, H, W]."""
+
+    def subset(self, rows: list[int]) -> ImageSource:
+        """The images at ``rows``, in that order."""
+
+    def update_digest(self, digest: Any) -> None:
+        """Add exactly what the images look like to the set's sha256 ``digest``."""
+
+
+class InMemoryImages:
+    """All images decoded up front, in one uint8 tensor [N, C, H, W]."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("in-memory images must be a uint8 tensor [N, C, H, W]")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def stack(self, rows: Sequence[int] | None) -> torch.Tensor:
+        return self.images if rows is None else self.images[list(rows)]
+
+    def subset(self, rows: list[int]) -> InMemoryImages:
+        return InMemoryImages(self.images[rows])
+
+    def update_digest(self, digest: Any) -> None:
+        digest.update(self.images.numpy().tobytes())
 
 
 class EvaluationSet(Dataset):
-    """uint8 images [N, C, H, W], labels (1 = member) and ids; items are dicts for the attack module.
+    """Images (an ``ImageSource``), labels (1 = member) and ids; items are dicts for the attack module.
 
+    ``images``: a uint8 tensor [N, C, H, W] (held in memory) or any ``ImageSource`` (``StreamedImages``).
     ``extras`` are per-sample conditions the items carry besides the image (``caption``, ``class_label``).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str],
+    def __init__(self, images: torch.Tensor | ImageSource, labels: torch.Tensor, ids: list[str],
                  extras: dict[str, list] | None = None) -> None:
-        if not (len(images) == len(labels) == len(ids)):
+        source = InMemoryImages(images) if isinstance(images, torch.Tensor) else images
+        if not (len(source) == len(labels) == len(ids)):
             raise ValueError("images, labels and ids differ in length")
-        self.images = images
+        self.source = source
         self.labels = labels.long()
         self.ids = ids
         self.keys = torch.tensor([sample_key(i) for i in ids], dtype=torch.int64)
@@ -57,30 +107,34 @@ class EvaluationSet(Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
-
-    def _extras_digest(self, digest) -> None:
-        if self.extras:
-            digest.update(json.dumps(self.extras, sort_keys=True).encode())
+        return self.source.shape
 
     @functools.cached_property
     def digest(self) -> str:
-        """sha256 over the ids and the image bytes: which samples, and exactly what they look like."""
+        """sha256 over the ids, what the images look like and the conditions: it keys the prediction cache."""
         digest = hashlib.sha256("\n".join(self.ids).encode())
-        digest.update(self.images.numpy().tobytes())
-        self._extras_digest(digest)
+        self.source.update_digest(digest)
+        if self.extras:
+            digest.update(json.dumps(self.extras, sort_keys=True).encode())
         return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.images[index], "label": self.labels[index], "index": index, "key": self.keys[index],
-                **{name: values[index] for name, values in self.extras.items()}}
+        return {"image": self.source.image(index), "label": self.labels[index], "index": index,
+                "key": self.keys[index], **{name: values[index] for name, values in self.extras.items()}}
 
     def image(self, index: int) -> torch.Tensor:
         """The uint8 image [C, H, W] of one sample (for thumbnails in reports)."""
-        return self.images[index]
+        return self.source.image(index)
+
+    def stack(self, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """The images at ``rows`` (positions; all when None) as one uint8 tensor [N, C, H, W].
+
+        For whatever needs the images at once (the closed-form memoriser); a streamed set decodes them here.
+        """
+        return self.source.stack(None if rows is None else [int(r) for r in rows])
 
     @property
     def n_members(self) -> int:
@@ -89,7 +143,7 @@ class EvaluationSet(Dataset):
     def subset(self, rows) -> EvaluationSet:
         """The samples at ``rows`` (positions), in that order, with their conditions."""
         rows = [int(r) for r in rows]
-        return EvaluationSet(self.images[rows], self.labels[rows], [self.ids[i] for i in rows],
+        return EvaluationSet(self.source.subset(rows), self.labels[rows], [self.ids[i] for i in rows],
                              {name: [values[i] for i in rows] for name, values in self.extras.items()})
 
     def first(self, n: int | None) -> EvaluationSet:
@@ -100,30 +154,28 @@ class EvaluationSet(Dataset):
         return self.subset([*members[:n].tolist(), *nonmembers[:n].tolist()])
 
 
-def _first(ids: list, limit: int | None, key: str = "data.max_members / data.max_nonmembers") -> list:
-    require_integer(key, limit, minimum=1, optional=True)
-    return ids if limit is None else ids[:limit]
+def _distinct_images(parts: list[tuple[ImagePool, Sequence[int], list[bytes] | None]], members: list[str],
+                     nonmembers: list[str], stream: bool, limits: tuple[int | None, int | None] = (None, None),
+                     ) -> tuple[ImageSource, list[int], int, dict[str, Any]]:
+    """The images of ``parts`` (pool, indices, their bytes when read already), in order, less exact duplicates.
 
-
-def _distinct(digests: list[bytes], members: list[str], nonmembers: list[str],
-              limits: tuple[int | None, int | None] = (None, None)) -> tuple[list[int], int, dict[str, Any]]:
-    """Rows of ``members + nonmembers`` without exact duplicates (mia.data.duplicates), then the first N.
-
-    Returns the rows kept (members first), how many of them are members, and the record of those left out.
+    Every image is decoded once here (a broken file stops the run before any query). Returns their source
+    (streamed: decoded again item by item), the rows kept, how many are members and the duplicates' record.
     """
-    ids = members + nonmembers
-    labels = [1] * len(members) + [0] * len(nonmembers)
-    keep, duplicates = distinct_rows(digests, labels, ids)
-    kept_members = _first([r for r in keep if labels[r] == 1], limits[0], "data.max_members")
-    kept_nonmembers = _first([r for r in keep if labels[r] == 0], limits[1], "data.max_nonmembers")
-    if not kept_members or not kept_nonmembers:
-        raise MiaError("no members or no non-members are left once exact duplicates are left out; "
-                       "give images that differ")
-    return kept_members + kept_nonmembers, len(kept_members), duplicates
-
-
-def _labels(n_members: int, total: int) -> torch.Tensor:
-    return torch.cat([torch.ones(n_members), torch.zeros(total - n_members)])
+    pools = [pool for pool, _, _ in parts]
+    if stream:
+        rows = [(number, int(index)) for number, (_, indices, _) in enumerate(parts) for index in indices]
+        raws = [raw for _, indices, given in parts for raw in (given or [None] * len(indices))]
+        scanned = [scan(pools[number], index, raw) for (number, index), raw in zip(rows, raws, strict=True)]
+        kept, n_members, duplicates = distinct_samples([pixels for _, pixels in scanned], members, nonmembers, limits)
+        source = StreamedImages(pools, [rows[r] for r in kept], [scanned[r][0] for r in kept])
+        return source, kept, n_members, duplicates
+    loaded = [load_images(pool, indices, given)[0] for pool, indices, given in parts]
+    images = loaded[0] if len(loaded) == 1 else torch.cat(loaded)
+    kept, n_members, duplicates = distinct_samples([pixel_digest(image) for image in images], members, nonmembers,
+                                                   limits)
+    kept_images = images if len(kept) == len(images) else images[kept]  # no copy when nothing is left out
+    return InMemoryImages(kept_images), kept, n_members, duplicates
 
 
 def from_split(
@@ -162,65 +214,35 @@ def from_split(
     where = str(data.get("root", data.get("name")))
     verified = split.verify(digest, where, allow_unverified)
     checked_when_drawn = verified and bool(split.duplicates)
-    members = _first(split.members, max_members, "data.max_members") if checked_when_drawn else split.members
-    nonmembers = (_first(split.nonmembers, max_nonmembers, "data.max_nonmembers") if checked_when_drawn
+    members = first_n(split.members, max_members, "data.max_members") if checked_when_drawn else split.members
+    nonmembers = (first_n(split.nonmembers, max_nonmembers, "data.max_nonmembers") if checked_when_drawn
                   else split.nonmembers)
     chosen = members + nonmembers
-    if stream:
-        from mia.data.streamed import StreamedEvaluationSet, scan  # it builds on EvaluationSet
-
-        scanned = [scan(pool, position[i], raw[i]) for i in chosen]
-        rows, n_members, duplicates = _distinct([pixels for _, pixels in scanned], members, nonmembers,
-                                                (max_members, max_nonmembers))
-        evalset = StreamedEvaluationSet([pool], [(0, position[chosen[r]]) for r in rows], _labels(n_members, len(rows)),
-                                        [chosen[r] for r in rows], [scanned[r][0] for r in rows])
-    else:
-        images, _ = load_images(pool, [position[i] for i in chosen], [raw[i] for i in chosen])
-        rows, n_members, duplicates = _distinct([pixel_digest(image) for image in images], members, nonmembers,
-                                                (max_members, max_nonmembers))
-        kept = images if len(rows) == len(chosen) else images[rows]  # no copy when nothing is left out
-        evalset = EvaluationSet(kept, _labels(n_members, len(rows)), [chosen[r] for r in rows])
-    evalset.record = {
-        "labels": "split.json",
-        "labels_verified": verified,
-        "verification": f"fingerprint {digest} matches split.json" if verified
-        else "split.json has no fingerprint (data.allow_unverified=true): labels UNVERIFIED",
-        "duplicates": duplicates,
-    }
+    source, kept, n_members, duplicates = _distinct_images(
+        [(pool, [position[i] for i in chosen], [raw[i] for i in chosen])], members, nonmembers, stream,
+        (max_members, max_nonmembers))
+    evalset = EvaluationSet(source, membership_labels(n_members, len(kept)), [chosen[r] for r in kept])
+    evalset.record = split_record(digest, verified, duplicates)
     return evalset
 
 
-def from_folders(members_dir: str, nonmembers_dir: str, image_size: int, channels: int) -> EvaluationSet:
+def from_folders(members_dir: str, nonmembers_dir: str, image_size: int, channels: int,
+                 stream: bool = False) -> EvaluationSet:
     """Members and non-members from two image folders (resized and centre-cropped to ``image_size``).
 
     The folders must not share a file (the same, nested or overlapping folders are refused); exact duplicate
-    images are left out (mia.data.duplicates).
+    images are left out (mia.data.duplicates). ``stream``: decode the images item by item when scoring.
     """
-    parts = []
     pools = [FolderPool(folder, image_size, channels, name=prefix)
              for prefix, folder in (("members", members_dir), ("nonmembers", nonmembers_dir))]
     separate_folders(*pools)
-    for pool in pools:
-        images, _ = load_images(pool, range(len(pool)))
-        parts.append((images, [f"{pool.name}/{i}" for i in pool.ids]))
-    (mem_images, mem_ids), (non_images, non_ids) = parts
-    images = torch.cat([mem_images, non_images])
-    rows, n_members, duplicates = _distinct([pixel_digest(image) for image in images], mem_ids, non_ids)
-    ids = mem_ids + non_ids
-    evalset = EvaluationSet(images if len(rows) == len(ids) else images[rows], _labels(n_members, len(rows)),
-                            [ids[r] for r in rows])
+    ids = [f"{pool.name}/{i}" for pool in pools for i in pool.ids]
+    n_listed = len(pools[0])
+    source, kept, n_members, duplicates = _distinct_images([(pool, range(len(pool)), None) for pool in pools],
+                                                           ids[:n_listed], ids[n_listed:], stream)
+    evalset = EvaluationSet(source, membership_labels(n_members, len(kept)), [ids[r] for r in kept])
     evalset.record = folder_record(duplicates)
     return evalset
-
-
-def folder_record(duplicates: dict[str, Any]) -> dict[str, Any]:
-    """Where a folder evaluation set's labels come from (metrics.json's ``evaluation_set``)."""
-    return {
-        "labels": "folders (data.members, data.nonmembers)",
-        "labels_verified": False,
-        "verification": "the labels are the folders given; nothing records what the target was trained on",
-        "duplicates": duplicates,
-    }
 
 
 def evaluation_set_for(data: Mapping[str, Any], image_shape: tuple[int, int, int], split: Split | None,
@@ -231,15 +253,13 @@ def evaluation_set_for(data: Mapping[str, Any], image_shape: tuple[int, int, int
     items carry the condition the target takes (``conditioning``: "text" = captions, "class" = class labels);
     ``stream`` decodes the images item by item instead of holding them all (latent targets).
     """
-    from mia.data.streamed import streamed_folders  # it builds on EvaluationSet
-
     channels, height, width = image_shape
     check_caption_setting(data, conditioning, target_name)
     if data.get("members") or data.get("nonmembers"):
         if not (data.get("members") and data.get("nonmembers")):
             raise MiaError("give both data.members and data.nonmembers (folders of images), or neither")
-        folders = streamed_folders if stream else from_folders
-        evalset = folders(data["members"], data["nonmembers"], data.get("image_size") or height, channels)
+        evalset = from_folders(data["members"], data["nonmembers"], data.get("image_size") or height, channels,
+                               stream=stream)
     elif split is not None:
         evalset = from_split(split, data.get("root"), data.get("max_members"), data.get("max_nonmembers"),
                              allow_unverified=data.get("allow_unverified") is True, stream=stream)

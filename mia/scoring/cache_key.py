@@ -2,8 +2,8 @@
 
 * the code that makes them: a sha256 over the source files of the prediction path (``prediction_path``):
   - always: ``mia.attacks.base``, ``moves``, ``sample_noise``; ``mia.data.images`` (uint8 -> [-1, 1]);
-    ``mia.data.evaluation_set`` (each sample's noise key); ``mia.scoring.module`` (predict_step) and
-    ``mia.scoring.cache`` (the stored layout);
+    ``mia.data.samples`` (each sample's noise key) and ``mia.data.evaluation_set`` (the items a batch holds);
+    ``mia.scoring.module`` (predict_step) and ``mia.scoring.cache`` (the stored layout);
   - every module of the ``mia.targets`` package (ε_θ, encode, conditions, and the loaders that read the
     schedule and weights);
   - the attack's class and its bases, and every module the attack's module imports from (mia's or a
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # the entries' layout (chunks); 1 was one flat file keyed on mia's version
 FIXED_MODULES = (
-    "mia.attacks.base", "mia.attacks.moves", "mia.attacks.sample_noise", "mia.data.images",
+    "mia.attacks.base", "mia.attacks.moves", "mia.attacks.sample_noise", "mia.data.images", "mia.data.samples",
     "mia.data.evaluation_set", "mia.scoring.module", "mia.scoring.cache",
 )
 LIBRARIES = ("torch", "diffusers", "numpy", "transformers", "lightning")

@@ -71,7 +71,7 @@ def load_memorizer(path: str, data_root: str | None = None) -> DiffusionTarget:
         raise MiaError("target=memorizer memorises a split's members; the target has no split.json")
     # The memoriser learns whichever images it reads, so its labels hold with or without a fingerprint.
     members = from_split(split, data_root, max_nonmembers=1, allow_unverified=True)
-    model = memorizing_target(to_model_range(members.images[: members.n_members]), trained.alphas_cumprod)
+    model = memorizing_target(to_model_range(members.stack(range(members.n_members))), trained.alphas_cumprod)
     model.kind, model.source, model.split = "memorizer", str(folder.resolve()), split
     model.split_only = ("target=memorizer memorises the split's members; it cannot be evaluated on data.members / "
                         "data.nonmembers folders, whose labels it does not know")
