@@ -38,7 +38,8 @@ METRIC_COLUMNS = (
     "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
     "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
-    "n_members", "n_nonmembers", "n_calibration",
+    "n_members", "n_nonmembers", "n_calibration", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
+    "tuning_calibration_queries",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 FAILURE_FILE = "error.txt"  # in a failed job's folder: its error, one line
@@ -98,6 +99,8 @@ def summary_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[str,
         for key in INTERVALS:
             low, high = metrics.get(f"{key}_ci", (None, None))
             metrics = {**metrics, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        # A tuning's grid cost, apart from the chosen setting's queries_per_sample (as in metrics.json).
+        metrics = {**metrics, "tuning_calibration_queries": metrics.get("tuning", {}).get("calibration_queries")}
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
         row["settings"] = settings_cell(metrics)
         row["overrides"] = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
