@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import wandb
 from conftest import compose_config, write_images
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -84,6 +85,7 @@ def test_same_seed_same_scores_csv(tiny_target: Path, tmp_path: Path):
 
 def test_offline_wandb_run_holds_the_roc(tiny_target: Path, tmp_path: Path):
     attack(tiny_target, tmp_path, "attack=na", "attack.t=40", "logger=wandb", "report.top_k=3")
+    wandb.teardown()  # run.finish() can return before W&B's service has written the record log read below
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = runs[0] / "files" / "media"

@@ -210,3 +210,16 @@ def test_wandb_runs_of_one_sweep_share_a_group(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(cli, "sweep_name", lambda: "2026-11-29_12-00-00")
     assert wandb_init()["group"] == "2026-11-29_12-00-00"  # every job of a multirun: the sweep's name
     assert wandb_init("logger.wandb.group=mine")["group"] == "mine"  # unless the user names one
+
+
+def test_job_folders_come_in_job_order_and_only_with_a_marker(tmp_path: Path):
+    from mia.reporting.jobs import job_folders
+
+    for job in ("10", "2", "0"):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text("{}")
+    (tmp_path / "11").mkdir()
+    (tmp_path / "11" / "error.txt").write_text("failed\n")
+    (tmp_path / "12").mkdir()  # a job that left nothing: not listed
+    assert [f.name for f in job_folders(tmp_path)] == ["0", "2", "10"]
+    assert [f.name for f in job_folders(tmp_path, ("metrics.json", "error.txt"))] == ["0", "2", "10", "11"]

@@ -40,6 +40,8 @@ SCALARS = (
     "auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "queries_per_sample",
     "seconds", "seconds_per_1000",
 )
+# What a run counted beside the headline numbers (a sweep's summary.csv has a column for each of these too).
+COUNTS = ("queries_per_sample_this_run", "encoder_passes_per_sample", "text_encoder_passes_per_sample")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -52,7 +54,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         chosen = ", ".join(f"{k}={v}" for k, v in tuning["chosen"].items())
         rows.append(f"  {'tuned':<20} {chosen} ({tuning['criterion']} {tuning['calibration_value']:.4f} on "
                     f"calibration, {tuning['calibration_queries']} queries)")
-    for key in ("attack", "n_members", "n_nonmembers", *SCALARS):
+    for key in ("attack", "n_members", "n_nonmembers", *SCALARS, *COUNTS):
         if key in metrics:
             value = metrics[key]
             text = f"{value:.4f}" if isinstance(value, float) else str(value)

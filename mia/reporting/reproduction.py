@@ -9,8 +9,6 @@ on one half, accuracy on the other), AUC and TPR at 1% / 0.1% FPR, each next to 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mia.reporting.jobs import job_folders, read_metrics, settings_cell, write_rows
 from mia.reporting.published import published
 
 log = logging.getLogger(__name__)
@@ -31,15 +30,11 @@ COMPARED = (
 )
 
 
-def _jobs(sweep_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    files = sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name))
-    return [(f.parent.name, json.loads(f.read_text())) for f in files]
-
-
 def reproduction_rows(sweep_dir: Path, dataset: str) -> list[dict[str, Any]]:
     """One row per finished job: measured metrics and the published ones for its attack on ``dataset``."""
     rows = []
-    for job, metrics in _jobs(sweep_dir):
+    for job_dir in job_folders(sweep_dir):
+        job, metrics = job_dir.name, read_metrics(job_dir)
         paper = published(metrics["attack"], dataset)
         row: dict[str, Any] = {"job": job, "attack": metrics["attack"],
                                "queries_per_sample": metrics.get("queries_per_sample"),
@@ -51,7 +46,7 @@ def reproduction_rows(sweep_dir: Path, dataset: str) -> list[dict[str, Any]]:
                 row["asr_calibrated"] = metrics.get("asr_calibrated")
         row.update(n_members=metrics.get("n_members"), n_nonmembers=metrics.get("n_nonmembers"),
                    source=paper.source if paper else "none in docs/method.md",
-                   settings=json.dumps(metrics.get("settings", {}), sort_keys=True))
+                   settings=settings_cell(metrics))
         rows.append(row)
     return rows
 
@@ -88,10 +83,7 @@ def write_reproduction(sweep_dir: Path, dataset: str) -> dict[str, Path]:
         log.warning("no finished attack job under %s; no reproduction table", sweep_dir)
         return {}
     written = {"csv": sweep_dir / "reproduction.csv", "table": sweep_dir / "reproduction.md"}
-    with open(written["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(written["csv"], rows)
     table = format_table(rows, dataset)
     written["table"].write_text(table)
     log.info("%s\nreproduction table: %s", table, written["table"])

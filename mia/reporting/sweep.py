@@ -12,8 +12,6 @@ CLiD on a pixel model) is ``skipped: <why>`` (``skipped.txt``), which is no fail
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +27,7 @@ from mia.errors import MiaError, NotApplicable
 from mia.evaluation.metrics import roc_curve
 from mia.evaluation.result import AttackResult
 from mia.reporting.figures import plot_heatmap, plot_roc, plot_sweep_lines
+from mia.reporting.jobs import METRICS_FILE, job_folders, settings_cell, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,8 @@ METRIC_COLUMNS = (
     "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci_low", "tpr_at_1pct_fpr_ci_high",
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
     "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
-    "n_members", "n_nonmembers", "n_calibration",
+    "n_members", "n_nonmembers", "n_calibration", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
+    "tuning_calibration_queries",
 )
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 FAILURE_FILE = "error.txt"  # in a failed job's folder: its error, one line
@@ -68,9 +68,7 @@ def _sorted_values(values: set[str]) -> list[str]:
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every attack job under the sweep root: its overrides, and its result or its error (``result`` None)."""
     jobs = []
-    names = ("metrics.json", FAILURE_FILE, SKIP_FILE)
-    folders = {p.parent for name in names for p in sweep_dir.glob(f"*/{name}")}
-    for job_dir in sorted(folders, key=lambda p: (len(p.name), p.name)):
+    for job_dir in job_folders(sweep_dir, (METRICS_FILE, FAILURE_FILE, SKIP_FILE)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
         failure, skip = job_dir / FAILURE_FILE, job_dir / SKIP_FILE
@@ -101,8 +99,10 @@ def summary_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[str,
         for key in INTERVALS:
             low, high = metrics.get(f"{key}_ci", (None, None))
             metrics = {**metrics, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        # A tuning's grid cost, apart from the chosen setting's queries_per_sample (as in metrics.json).
+        metrics = {**metrics, "tuning_calibration_queries": metrics.get("tuning", {}).get("calibration_queries")}
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
-        row["settings"] = json.dumps(metrics.get("settings", {}), sort_keys=True)
+        row["settings"] = settings_cell(metrics)
         row["overrides"] = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
         rows.append(row)
     return rows
@@ -124,10 +124,7 @@ def write_summary(sweep_dir: Path) -> dict[str, Path]:
     swept = swept_keys(everything)
     table = summary_rows(everything, swept)
     written = {"summary": sweep_dir / "summary.csv"}
-    with open(written["summary"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_rows(written["summary"], table)
     failed = sum(row["status"] != "ok" and not row["status"].startswith("skipped") for row in table)
     if failed:
         log.warning("sweep: %d of %d jobs failed (status column of %s)", failed, len(table), written["summary"])

@@ -1,4 +1,12 @@
-"""An attack run on W&B: the scalars, the ROC as a chart, the pictures, the most and least member-like samples."""
+"""An attack run on W&B: every number of metrics.json in the summary, the ROC as a chart, the pictures, the most
+and least member-like samples.
+
+The run's summary holds each leaf of ``metrics.json`` under its path joined by "/" (``tuning/calibration_queries``,
+``provenance/libraries/torch``; intervals as ``auc_ci/low`` and ``auc_ci/high``; other lists by position,
+``tuning/grid/0/auc``), so that the runs table can sort and filter on any of them. "/" and not ".": W&B reads a "."
+in a filter's key as a step into a nested value (``summary_metrics.a.b``), so a flattened key holding a "." could
+not be filtered on (wandb/wandb#3087), while "/" is W&B's own separator of panel sections (``val/loss``).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,22 @@ def _thumbnail(image: torch.Tensor, size: int = 64) -> np.ndarray:
     return np.asarray(picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST))
 
 
+def summary_items(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of ``metrics`` (numbers, strings, booleans, nulls) under its "/"-joined path."""
+    items: dict[str, Any] = {}
+    for key, value in metrics.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.update(summary_items(value, f"{path}/"))
+        elif isinstance(value, list | tuple):
+            # An interval is a (low, high) pair; any other list is keyed by position.
+            names = ("low", "high") if str(key).endswith("_ci") and len(value) == 2 else range(len(value))
+            items.update(summary_items(dict(zip(names, value, strict=True)), f"{path}/"))
+        else:
+            items[path] = value
+    return items
+
+
 def log_to_wandb(logger: Any, result: AttackResult, roc: ROC, evalset: EvaluationSet, figures: dict[str, Path],
                  top_k: int = 8) -> None:
     """Log one attack's result to the W&B run behind a Lightning ``WandbLogger``."""
@@ -30,7 +54,7 @@ def log_to_wandb(logger: Any, result: AttackResult, roc: ROC, evalset: Evaluatio
 
     run = logger.experiment
     scalars = {key: result.metrics[key] for key in SCALARS if key in result.metrics}
-    run.summary.update({**scalars, "attack": result.attack})
+    run.summary.update(summary_items(result.metrics))
     points = wandb.Table(
         columns=["fpr", "tpr"], data=[[float(f), float(t)] for f, t in zip(roc.fpr, roc.tpr, strict=True)]
     )
