@@ -14,7 +14,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
 
-from mia.cli.attack import run
+from mia.runs.attack import run
 from mia.reporting.console import COUNTS, format_metrics
 from mia.reporting.sweep import write_summary
 from mia.reporting.wandb_run import summary_items
