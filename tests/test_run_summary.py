@@ -14,10 +14,10 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from wandb.proto import wandb_internal_pb2
 
-from mia.runs.attack import run
 from mia.reporting.console import COUNTS, format_metrics
 from mia.reporting.sweep import write_summary
 from mia.reporting.wandb_run import summary_items
+from mia.runs.attack import run
 
 QUICK = ["metrics.bootstrap=50", "trainer.enable_progress_bar=false"]
 BLOCK, HEADER = 32768, 7  # the record log's block size and record header (LevelDB's log format)
