@@ -125,5 +125,5 @@ def test_score_applies_max_gb_after_each_run(small, tmp_path: Path):
     for bad in (0, -1.0, "big"):
         with pytest.raises(MiaError, match=r"cache\.max_gb must be a positive number"):
             predict(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=bad))
-    with pytest.raises(MiaError, match=r"cache\.chunk_size must be a positive integer"):
+    with pytest.raises(MiaError, match=r"cache\.chunk_size must be an integer ≥ 1"):
         predict(SimA(), target, evalset, settings(tmp_path / "cache", chunk_size=0))

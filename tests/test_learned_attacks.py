@@ -146,7 +146,7 @@ def test_secmi_nn_fits_reproducibly_and_records_its_training(small):
     (lambda: LearnedAttack(validation=1.0), "attack.validation"),
     (lambda: SecMINN(architecture="vit"), "attack.architecture must be one of"),
     (lambda: SecMINN(t_sec=95), "attack.t_sec must be a positive multiple"),
-    (lambda: SecMINN(epochs=0), "attack.epochs must be a positive integer"),
+    (lambda: SecMINN(epochs=0), "attack.epochs must be an integer ≥ 1, got 0"),
 ])
 def test_bad_settings_are_refused(make, message):
     with pytest.raises(MiaError, match=message):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mia.checks import require_integer
 from mia.data.captions import captions_of
 from mia.data.duplicates import distinct_rows, draw_distinct_split
 from mia.data.images import load_split_images
@@ -42,8 +43,7 @@ class MemberDataModule(L.LightningDataModule):
         poisson_sampling: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise MiaError(f"batch_size must be a positive integer, got {batch_size!r}")
+        require_integer("batch_size", batch_size, minimum=1)
         self.pool = pool
         self.data_config = data_config
         self.sizes = (members, nonmembers)

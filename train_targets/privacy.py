@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mia.checks import require_bool, require_number
+from mia.checks import is_integer, require_bool, require_number
 from mia.errors import MiaError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class PrivateTraining:
             return
         from opacus.accountants.utils import get_noise_multiplier
 
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+        if not is_integer(self.max_steps) or self.max_steps < 1:  # a training length ε can be spread over
             raise MiaError(f"training.dp.target_epsilon needs a training length: set trainer.max_steps ≥ 1 "
                            f"(got {self.max_steps!r})")
         # Steps, not Opacus' epochs: make_private_with_epsilon would turn epochs back into

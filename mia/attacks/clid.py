@@ -25,6 +25,7 @@ import torch
 from mia.attacks.base import Attack, require
 from mia.attacks.moves import forward_noise
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_integer
 from mia.errors import MiaError, NotApplicable
 from mia.evaluation.metrics import auc, roc_curve
 from mia.targets.base import DiffusionTarget
@@ -69,8 +70,10 @@ class CLiDFeatures(Attack):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.timesteps, self.degradation = list(self.timesteps), list(self.degradation)
-        require(bool(self.timesteps) and all(isinstance(t, int) and not isinstance(t, bool) for t in self.timesteps),
-                f"attack.timesteps must be a non-empty list of integer timesteps, got {self.timesteps!r}")
+        require(bool(self.timesteps), f"attack.timesteps must be a non-empty list of integer timesteps, got "
+                                      f"{self.timesteps!r}")
+        for i, t in enumerate(self.timesteps):
+            require_integer(f"attack.timesteps[{i}]", t, minimum=0)
         require(bool(self.degradation) and all(isinstance(r, int | float) and not isinstance(r, bool) and 0 < r <= 1
                                                for r in self.degradation),
                 f"attack.degradation must be a non-empty list of fractions in (0, 1], got {self.degradation!r}")
@@ -185,10 +188,8 @@ class CLiDClassifier(CLiDFeatures):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(isinstance(self.n_estimators, int) and self.n_estimators >= 1,
-                f"attack.n_estimators must be a positive integer, got {self.n_estimators!r}")
-        require(isinstance(self.max_depth, int) and self.max_depth >= 1,
-                f"attack.max_depth must be a positive integer, got {self.max_depth!r}")
+        require_integer("attack.n_estimators", self.n_estimators, minimum=1)
+        require_integer("attack.max_depth", self.max_depth, minimum=1)
         for key in ("subsample", "colsample_bytree"):
             require(0 < getattr(self, key) <= 1, f"attack.{key} must be in (0, 1], got {getattr(self, key)!r}")
         self._model = None

@@ -29,6 +29,7 @@ from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
 from mia.attacks.sima import SimA
+from mia.checks import require_integer
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 
@@ -130,10 +131,11 @@ class MultiTimestep(FeatureSet):
     def __init__(self, source: dict[str, Any]) -> None:
         source = dict(source)
         timesteps = list(source.pop("timesteps", self.default_timesteps))
-        if not timesteps or any(isinstance(t, bool) or not isinstance(t, int) for t in timesteps) \
-                or len(set(timesteps)) != len(timesteps):
+        if not timesteps or len(set(timesteps)) != len(timesteps):
             raise MiaError(f"attack.source.timesteps must be a non-empty list of distinct integer timesteps, "
                            f"got {timesteps!r}")
+        for i, t in enumerate(timesteps):
+            require_integer(f"attack.source.timesteps[{i}]", t, minimum=0)
         if "t" in source:
             raise MiaError(f"the {self.name} features take attack.source.timesteps (a list), not attack.source.t")
         self.attacks = [_build(self.base, {**source, "t": t}, self.name, {"seed"}) for t in timesteps]

@@ -21,6 +21,7 @@ from mia.attacks.base import Attack, require
 from mia.attacks.features import FeatureSet, feature_set
 from mia.attacks.fitting import inner_split
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_integer
 from mia.evaluation.metrics import auc, roc_curve
 from mia.targets.base import DiffusionTarget
 
@@ -54,8 +55,7 @@ class LearnedAttack(Attack):
                 f"attack.classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
         for key in ("n_estimators", "max_depth", "min_samples_leaf", "n_jobs"):
             value = getattr(self, key)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    f"attack.{key} must be a positive integer, got {value!r}")
+            require_integer(f"attack.{key}", value, minimum=1)
         require(self.learning_rate > 0, f"attack.learning_rate must be > 0, got {self.learning_rate!r}")
         require(0 < self.subsample <= 1, f"attack.subsample must be in (0, 1], got {self.subsample!r}")
         require(0 <= self.validation < 1, f"attack.validation must be a fraction in [0, 1), got {self.validation!r}")

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, require
+from mia.attacks.base import Attack
 from mia.attacks.moves import forward_noise
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_integer
 from mia.targets.base import DiffusionTarget
 
 
@@ -25,7 +26,7 @@ class LossAttack(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types first: t=80.5 is refused, not truncated
-        require(isinstance(self.draws, int) and self.draws >= 1, f"attack.draws must be ≥ 1, got {self.draws!r}")
+        require_integer("attack.draws", self.draws, minimum=1)
 
     def check(self, target: DiffusionTarget) -> None:
         self._check_timestep(target, self.t, "attack.t")

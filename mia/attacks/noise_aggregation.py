@@ -17,6 +17,7 @@ from mia.attacks.aggregation import STATISTICS, aggregation_score
 from mia.attacks.base import Attack, require
 from mia.attacks.moves import coefficients, ddim_move
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_integer
 from mia.targets.base import DiffusionTarget
 
 
@@ -36,8 +37,8 @@ class NoiseAggregation(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types first: t=80.5 is refused, not truncated
-        require(isinstance(self.k, int) and self.k >= 2, f"attack.k must be an integer ≥ 2, got {self.k!r}")
-        require(isinstance(self.m, int) and self.m >= 1, f"attack.m must be a positive integer, got {self.m!r}")
+        require_integer("attack.k", self.k, minimum=2)
+        require_integer("attack.m", self.m, minimum=1)
         require(self.noise_scale >= 0, f"attack.noise_scale must be ≥ 0, got {self.noise_scale!r}")
         require(
             self.statistic in STATISTICS,

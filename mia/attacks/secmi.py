@@ -16,6 +16,7 @@ import torch
 from mia.attacks.base import Attack, require
 from mia.attacks.moves import ddim_move
 from mia.attacks.sample_noise import SampleNoise
+from mia.checks import require_integer
 from mia.targets.base import DiffusionTarget
 
 
@@ -28,12 +29,9 @@ class SecMI(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types first: t=80.5 is refused, not truncated
+        require_integer("attack.interval", self.interval, minimum=1)
         require(
-            isinstance(self.interval, int) and self.interval >= 1,
-            f"attack.interval must be a positive integer, got {self.interval!r}",
-        )
-        require(
-            isinstance(self.t_sec, int) and self.t_sec >= self.interval and self.t_sec % self.interval == 0,
+            self.t_sec >= self.interval and self.t_sec % self.interval == 0,
             f"attack.t_sec must be a positive multiple of attack.interval ({self.interval}), got {self.t_sec!r}",
         )
 

@@ -27,6 +27,7 @@ from mia.attacks.fitting import inner_split
 from mia.attacks.residual_classifier import ARCHITECTURES, ResidualClassifier, build_network, train_classifier
 from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
+from mia.checks import require_integer
 from mia.targets.base import DiffusionTarget
 
 
@@ -56,8 +57,7 @@ class SecMINN(Attack):
                 f"attack.architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         for key in ("width", "epochs", "batch_size", "scoring_batch"):
             value = getattr(self, key)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    f"attack.{key} must be a positive integer, got {value!r}")
+            require_integer(f"attack.{key}", value, minimum=1)
         require(self.lr > 0, f"attack.lr must be > 0, got {self.lr!r}")
         require(self.weight_decay >= 0, f"attack.weight_decay must be ≥ 0, got {self.weight_decay!r}")
         require(self.optimizer in ("adam", "sgd"), f"attack.optimizer must be adam or sgd, got {self.optimizer!r}")

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from mia.checks import require_integer
 from mia.errors import MiaError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -27,12 +28,10 @@ class ImagePool(ABC):
     """An ordered collection of images with stable string ids."""
 
     def __init__(self, name: str, image_size: int, channels: int = 3, crop_size: int | None = None) -> None:
-        if not isinstance(image_size, int) or image_size < 4:
-            raise MiaError(f"data.image_size must be an integer of at least 4, got {image_size!r}")
+        require_integer("data.image_size", image_size, minimum=4)
         if channels not in (1, 3):
             raise MiaError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-        if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
-            raise MiaError(f"data.crop_size must be a positive integer or null, got {crop_size!r}")
+        require_integer("data.crop_size", crop_size, minimum=1, optional=True)
         self.name = name
         self.image_size = image_size
         self.channels = channels

@@ -33,8 +33,7 @@ def split_sizes(pool_size: int, members: int | None, nonmembers: int | None,
     members = half if members is None else members
     nonmembers = half if nonmembers is None else nonmembers
     for key, value in (("split.members", members), ("split.nonmembers", nonmembers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise MiaError(f"{key} must be a positive integer (or null for half the pool), got {value!r}")
+        require_integer(key, value, minimum=1)  # (null asks for half the pool)
     if members + nonmembers > pool_size:
         raise MiaError(
             f"the split asks for {members} members + {nonmembers} non-members but the pool has only "

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mia.checks import require_integer
 from mia.errors import MiaError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class PredictionCache:
     """Per-sample outputs ``[rows, ...]`` for one key, stored in chunks; complete once every row is in."""
 
     def __init__(self, root: str | Path, key: dict[str, Any], rows: int, chunk_size: int = 512) -> None:
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise MiaError(f"cache.chunk_size must be a positive integer (samples per chunk), got {chunk_size!r}")
+        require_integer("cache.chunk_size", chunk_size, minimum=1)  # samples per chunk
         text = json.dumps(key, sort_keys=True, default=str)
         self.key = key
         self.rows = rows

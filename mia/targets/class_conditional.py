@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mia.checks import require_integer
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 from mia.targets.guidance import Condition, guided
@@ -36,9 +37,7 @@ class ClassConditionalTarget(DiffusionTarget):
             raise MiaError(f"{name} embeds classes as '{config.class_embed_type}'; mia attacks class-conditional "
                            "models with learned class embeddings (num_class_embeds) only")
         classes = int(config.num_class_embeds)
-        if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)
-                                       or not 0 <= null_class < classes):
-            raise MiaError(f"target.null_class must be a class label 0..{classes - 1} of {name}, got {null_class!r}")
+        require_integer("target.null_class", null_class, minimum=0, maximum=classes - 1, optional=True)
         super().__init__(unet, alphas_cumprod, sample_shape, name, identity + f":null_class={null_class}")
         self.num_classes = classes
         self.null_class = null_class

@@ -28,6 +28,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from torch import nn
 
+from mia.checks import require_integer
 from mia.config import build
 from mia.data.split import Split
 from mia.errors import MiaError
@@ -138,8 +139,7 @@ def schedule_alphas(target: Mapping[str, Any]) -> torch.Tensor:
         raise MiaError(f"target.schedule.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, "
                        f"got {schedule.get('beta_schedule')!r}")
     steps = schedule.get("num_train_timesteps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise MiaError(f"target.schedule.num_train_timesteps must be an integer of at least 2, got {steps!r}")
+    require_integer("target.schedule.num_train_timesteps", steps, minimum=2)
     try:
         scheduler = DDPMScheduler(num_train_timesteps=steps, beta_schedule=schedule["beta_schedule"],
                                   beta_start=float(schedule.get("beta_start")),
