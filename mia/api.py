@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 
 from mia.attacks.base import Attack
 from mia.config import build, config_dir, options
+from mia.controls.blind import blind_control as run_blind_control
+from mia.controls.reference import check_comparable, reference_outcome
 from mia.data.evaluation_set import EvaluationSet, evaluation_set_for
 from mia.errors import MiaError
 from mia.evaluation.calibration import calibration_fraction
@@ -90,17 +92,27 @@ def trainer_factory(accelerator: str = "auto", devices: int = 1, progress_bar: b
 def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Path | None = None,
                nonmembers: str | Path | None = None, *, evalset: EvaluationSet | None = None,
                protocol: Protocol | None = None, tune: Mapping[str, Any] | None = None,
-               scoring: ScoringSettings | None = None, **data: Any) -> AttackResult:
+               scoring: ScoringSettings | None = None, reference: DiffusionTarget | None = None,
+               blind_control: bool = True, **data: Any) -> AttackResult:
     """Attack ``target`` and measure the attack by the protocol (docs/method.md, "the protocol").
 
     The samples: ``evalset``, else ``evaluation_set(target, members, nonmembers, **data)``. ``protocol``: the
     calibration part and the metrics' settings (its ``calibration`` None = 0.2 when anything is fitted, else
     0). ``tune``: ``{"grid": {knob: [values]}, "criterion": "auc"}`` chooses the knobs on the calibration part
     first. ``scoring``: batch size, device (a Trainer factory) and the prediction cache (none by default).
+    ``reference``: a model that did not train on the samples; the attack runs on it too (its AUC, and the
+    calibrated score target − reference, which ``attack.calibration=reference`` reports as the main one).
+    ``blind_control``: on two folders, check first that they cannot be told apart without the model.
     """
     attack = make_attack(attack)
     target.check_guidance(attack.guidance_scale)
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    if reference is not None:
+        check_comparable(target, reference)
+        attack.check(reference)
+    elif attack.calibration == "reference":
+        raise MiaError("attack.calibration=reference subtracts a reference model's scores; give one with "
+                       "reference.path=<a model that did not train on the samples>")
     if evalset is None:
         evalset = evaluation_set(target, members, nonmembers, **data)
     elif members or nonmembers or data:
@@ -127,18 +139,49 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         predicted = predict(attack, target, evalset, scoring)
         outcome = apply(attack, predicted.features, labels, mask, protocol)
         scored_samples = len(evalset)
+    cost = _cost(predicted, scored_samples)
+    controls: dict[str, Any] = {}
+    if reference is not None:
+        outcome, controls, cost = _with_reference(attack, outcome, cost, reference, evalset, protocol, scoring)
+    if blind_control and evalset.record.get("labels", "").startswith("folders"):
+        controls["blind_control"] = run_blind_control(evalset, seed=protocol.seed, bootstrap=protocol.bootstrap,
+                                                      confidence=protocol.confidence)
+    warnings = [c["warning"] for c in (controls.get("blind_control", {}), outcome.chosen) if c.get("warning")]
     metrics = {
         **_what_was_attacked(attack, target),
         **outcome.metrics,
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
         **({"tuning": tuning.record()} if tuning is not None else {}),
-        **_cost(predicted, scored_samples),
+        **cost,
         **_other_passes(target, scored_samples),
+        **controls,
+        **({"warnings": warnings} if warnings else {}),
         "evaluation_set": evalset.record,
         "provenance": provenance(predicted.device, target.identity,
                                  target.split if evalset.record.get("labels") == "split.json" else None),
     }
     return AttackResult(attack.name, evalset.ids, labels, outcome.scores, metrics, mask)
+
+
+def _with_reference(attack: Attack, outcome: Outcome, cost: dict[str, Any], reference: DiffusionTarget,
+                    evalset: EvaluationSet, protocol: Protocol,
+                    scoring: ScoringSettings) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
+    """The reference model's own scores and the calibrated ones; which is the run's main score, and its cost."""
+    on_reference, predicted = reference_outcome(attack, reference, evalset, outcome.calibration, protocol, scoring)
+    labels = evalset.labels.numpy()
+    calibrated_scores = outcome.scores - on_reference.scores
+    calibrated = Outcome(calibrated_scores, outcome.calibration,
+                         measure(attack.name, calibrated_scores, labels, outcome.calibration, protocol), outcome.chosen)
+    reference_queries = _tidy(predicted.queries / len(evalset))
+    controls = {"reference_model": {"source": reference.source or reference.name, "kind": reference.kind,
+                                    **on_reference.metrics, "queries_per_sample": reference_queries,
+                                    **({"calibration": on_reference.chosen} if on_reference.chosen else {})}}
+    if attack.calibration == "reference":  # the score that needs both models: both models' queries
+        controls["uncalibrated"] = outcome.metrics
+        return calibrated, controls, {**cost, "queries_per_sample": _tidy(cost["queries_per_sample"]
+                                                                          + reference_queries)}
+    controls["reference_calibrated"] = calibrated.metrics
+    return outcome, controls, cost
 
 
 def plot_roc(*results: AttackResult, title: str = "ROC") -> Any:

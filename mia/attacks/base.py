@@ -9,8 +9,10 @@ attack a short ``collect``:
 - ``fit(features, labels)``: fitted on the calibration rows only (default: nothing to fit);
 - ``score(features)``: one float64 score per sample, higher = member (default: the features, one per sample).
 
-An attack calls only ``target.predict_noise`` (and the moves in ``mia.attacks.moves``); it never touches
-files, loggers or metrics: what it fitted and anything worth a warning go back in ``fit``'s record.
+``inputs(target, batch, noise)`` gives ``collect`` its x0 and conditions (by default the target's encoding of
+the batch's images and its conditions; a model-free control takes the images themselves). An attack calls
+only ``target.predict_noise`` (and the moves in ``mia.attacks.moves``); it never touches files, loggers or
+metrics: what it fitted and anything worth a warning go back in ``fit``'s record.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import torch
 
 from mia.attacks.sample_noise import SampleNoise
 from mia.checks import require_bool, require_integer, require_number
+from mia.data.images import to_model_range
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
+
+CALIBRATIONS = ("none", "reference")
 
 
 @dataclasses.dataclass
@@ -38,6 +43,9 @@ class Attack(ABC):
     # Classifier-free guidance of conditional targets, applied inside the target's noise prediction (1 = the
     # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
     guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
+    # Which score is reported: the attack's own (none), or the target's minus a reference model's on the same
+    # sample (reference: needs reference.path; docs/method.md, "controls"). Every attack has it.
+    calibration: str = dataclasses.field(default="none", kw_only=True)
 
     def __post_init__(self) -> None:
         """Each setting holds the type it is declared with: ``t=80.5`` is refused, never truncated to 80.
@@ -45,17 +53,25 @@ class Attack(ABC):
         Subclasses call this first from their own ``__post_init__``; a ``seed`` must be a non-negative integer.
         """
         check_field_types(self)
+        require(self.calibration in CALIBRATIONS,
+                f"attack.calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
 
     def check(self, target: DiffusionTarget) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Raise MiaError when the settings do not fit this target (before any query is made)."""
+
+    def inputs(self, target: DiffusionTarget, batch: dict[str, Any], noise: SampleNoise) -> tuple[torch.Tensor, Any]:
+        """(x0, conditions) of a batch of the evaluation set (its images, ids' keys and conditions; no labels)."""
+        x0 = target.encode(to_model_range(batch["image"]), noise)  # a latent draw takes the sample's noise
+        return x0, target.conditions(batch, self.guidance_scale)
 
     @abstractmethod
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         """The model's answers for a batch, [B, ...]: every query of the attack happens here (and is cached)."""
 
     def prediction_settings(self) -> dict[str, Any]:
-        """The settings ``collect`` depends on (the cache key): all of them unless an attack says otherwise."""
-        return self.settings()
+        """The settings ``collect`` depends on (the cache key): all but how scores are calibrated, unless an
+        attack says otherwise."""
+        return {key: value for key, value in self.settings().items() if key != "calibration"}
 
     def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
         """Per-sample features from a batch of predictions (row by row, no labels): the predictions by default."""

@@ -36,7 +36,8 @@ from mia.targets.base import DiffusionTarget
 
 def _build(cls: type[Attack], source: dict[str, Any], features: str, excluded: set[str]) -> Attack:
     """``cls(**source)``, refusing keys that are not ``cls``'s settings (or that the feature set fixes)."""
-    allowed = {f.name for f in dataclasses.fields(cls)} - excluded
+    # Guidance and calibration are the learned attack's own settings (attack.guidance_scale, attack.calibration).
+    allowed = {f.name for f in dataclasses.fields(cls)} - excluded - {"guidance_scale", "calibration"}
     unknown = sorted(set(source) - allowed)
     if unknown:
         hint = "; the noise seed is attack.seed" if "seed" in unknown else ""

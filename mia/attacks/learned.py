@@ -67,7 +67,8 @@ class LearnedAttack(Attack):
 
     def prediction_settings(self) -> dict[str, Any]:
         """What the features depend on: the feature set, its attack's settings and the noise seed."""
-        return {"features": self.features, "source": self._set.settings(), "seed": self.seed}
+        return {"features": self.features, "source": self._set.settings(), "seed": self.seed,
+                "guidance_scale": self.guidance_scale}
 
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         # Rounded to float32 as the cache stores them, so a fresh run and a cached one fit the same values.

@@ -80,7 +80,7 @@ class NoiseAggregation(Attack):
 
     def prediction_settings(self) -> dict:
         """What the predictions depend on: all settings but the statistic and δ."""
-        return {k: v for k, v in self.settings().items() if k not in ("statistic", "delta")}
+        return {k: v for k, v in super().prediction_settings().items() if k not in ("statistic", "delta")}
 
     def aggregate(self, predictions: torch.Tensor) -> torch.Tensor:
         """The statistic's score per sample, −log(C + δ) (the density itself), from the k predictions."""

@@ -70,7 +70,7 @@ class SecMINN(Attack):
 
     def prediction_settings(self) -> dict[str, Any]:
         """What the residuals depend on: SecMI's round trip, not the classifier."""
-        return {"t_sec": self.t_sec, "interval": self.interval}
+        return {"t_sec": self.t_sec, "interval": self.interval, "guidance_scale": self.guidance_scale}
 
     def collect(self, target: DiffusionTarget, x0: torch.Tensor, noise: SampleNoise, cond: Any = None) -> torch.Tensor:
         """The residuals [B, C, H, W], rounded to float32 as the cache stores them (fresh and cached runs agree)."""

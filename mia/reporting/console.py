@@ -62,4 +62,27 @@ def format_metrics(metrics: dict[str, Any]) -> str:
                 low, high = metrics[f"{key}_ci"]
                 text += f"  [{low:.4f}, {high:.4f}]"
             rows.append(f"  {key:<20} {text}")
+    rows += _controls(metrics)
     return "\n".join(rows)
+
+
+def _auc_text(block: dict[str, Any]) -> str:
+    interval = block.get("auc_ci")
+    tpr = block.get("tpr_at_1pct_fpr")
+    return (f"AUC {block['auc']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            + (f", TPR@1%FPR {tpr:.4f}" if tpr is not None else ""))
+
+
+def _controls(metrics: dict[str, Any]) -> list[str]:
+    """The controls' lines: the reference model and the calibrated score, the blind control, warnings."""
+    rows = []
+    for key, what in (("reference_model", "the reference model, same samples"),
+                      ("reference_calibrated", "target − reference (attack.calibration=reference)"),
+                      ("uncalibrated", "the target's own score, without the reference")):
+        if key in metrics:
+            rows.append(f"  {key:<20} {_auc_text(metrics[key])}  ({what})")
+    blind = metrics.get("blind_control")
+    if blind and blind.get("ran"):
+        rows.append(f"  {'blind_control':<20} {_auc_text(blind)}  (no model: can the two sets be told apart?)")
+    rows += [f"  WARNING: {warning}" for warning in metrics.get("warnings", [])]
+    return rows

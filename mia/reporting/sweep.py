@@ -40,7 +40,12 @@ METRIC_COLUMNS = (
     "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
     "n_members", "n_nonmembers", "n_calibration", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
     "tuning_calibration_queries",
+    # The controls (docs/method.md, "controls"): the reference model, the calibrated score, the blind control.
+    "reference_model_auc", "reference_model_tpr_at_1pct_fpr", "reference_calibrated_auc",
+    "reference_calibrated_tpr_at_1pct_fpr", "uncalibrated_auc", "uncalibrated_tpr_at_1pct_fpr", "blind_control_auc",
+    "warnings",
 )
+CONTROLS = ("reference_model", "reference_calibrated", "uncalibrated", "blind_control")
 HEADLINES = ("auc", "tpr_at_1pct_fpr")
 FAILURE_FILE = "error.txt"  # in a failed job's folder: its error, one line
 SKIP_FILE = "skipped.txt"  # in the folder of a job whose attack does not apply to the target: why, one line
@@ -101,6 +106,10 @@ def summary_rows(jobs: list[dict[str, Any]], swept: list[str]) -> list[dict[str,
             metrics = {**metrics, f"{key}_ci_low": low, f"{key}_ci_high": high}
         # A tuning's grid cost, apart from the chosen setting's queries_per_sample (as in metrics.json).
         metrics = {**metrics, "tuning_calibration_queries": metrics.get("tuning", {}).get("calibration_queries")}
+        for control in CONTROLS:
+            block = metrics.get(control) or {}
+            metrics = {**metrics, **{f"{control}_{key}": block.get(key) for key in ("auc", "tpr_at_1pct_fpr")}}
+        metrics["warnings"] = " | ".join(metrics.get("warnings", [])) or None
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
         row["settings"] = settings_cell(metrics)
         row["overrides"] = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
@@ -125,6 +134,9 @@ def write_summary(sweep_dir: Path) -> dict[str, Path]:
     table = summary_rows(everything, swept)
     written = {"summary": sweep_dir / "summary.csv"}
     write_rows(written["summary"], table)
+    for row in table:
+        if row.get("warnings"):
+            log.warning("sweep: job %s (%s): %s", row["job"], row["attack"], row["warnings"])
     failed = sum(row["status"] != "ok" and not row["status"].startswith("skipped") for row in table)
     if failed:
         log.warning("sweep: %d of %d jobs failed (status column of %s)", failed, len(table), written["summary"])

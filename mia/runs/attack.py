@@ -95,10 +95,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile:
         check_profiled(attack)
     target: DiffusionTarget = build(cfg.target)
+    reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
     evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
-    result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings)
+    result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings,
+                        reference=reference, blind_control=cfg.protocol.get("blind_control", True))
     figures = {}
     if cfg.report.profile:  # of the setting that ran (a tuning's winner); every rank takes part in its loops
         chosen = result.metrics.get("tuning", {}).get("chosen") or {}

@@ -62,6 +62,7 @@ KNOBS: dict[str, Callable[[str, Any], None]] = {
     "cache.enabled": require_bool,
     "cache.dir": _text(optional=True),
     "protocol.seed": _integer(0),
+    "protocol.blind_control": require_bool,
 }
 
 
@@ -105,13 +106,13 @@ _TARGET_HINTS = {
 _MANDATORY = {"path": "<folder exported by mia-train>", "weights": "<checkpoint>, e.g. ckpt.pt"}
 
 
-def check_target_settings(node: DictConfig) -> None:
-    """The target's loader exists, takes every key given, and every mandatory key (``???``) is set."""
-    loader = built_by(node, "target", "a target loader", f"; choose target=<{'|'.join(options('target'))}>")
-    check_keys(node, loader, "target", f"the {loader.__module__}.{loader.__name__} loader", _TARGET_HINTS)
+def check_target_settings(node: DictConfig, group: str = "target") -> None:
+    """The loader exists, takes every key given, and every mandatory key (``???``) is set (target or reference)."""
+    loader = built_by(node, group, "a target loader", f"; choose {group}=<{'|'.join(options(group))}>")
+    check_keys(node, loader, group, f"the {loader.__module__}.{loader.__name__} loader", _TARGET_HINTS)
     for key in node:
         if OmegaConf.is_missing(node, key):
-            raise MiaError(f"target.{key} is not set; pass target.{key}={_MANDATORY.get(key, '<value>')}")
+            raise MiaError(f"{group}.{key} is not set; pass {group}.{key}={_MANDATORY.get(key, '<value>')}")
 
 
 def runs_on_mps(accelerator: Any) -> bool:
@@ -159,6 +160,8 @@ def check_run(cfg: DictConfig) -> None:
     check_knobs(cfg)
     check_attack_settings(cfg.attack)
     check_target_settings(cfg.target)
+    if cfg.get("reference") and cfg.reference.get("path"):
+        check_target_settings(cfg.reference, "reference")
     if cfg.get("trainer") is not None:
         check_device(cfg.trainer)
     check_cache_dir(cfg)

@@ -10,7 +10,6 @@ import torch
 
 from mia.attacks.base import Attack
 from mia.attacks.sample_noise import SampleNoise
-from mia.data.images import to_model_range
 from mia.scoring.cache import PredictionCache
 from mia.targets.base import DiffusionTarget
 
@@ -44,10 +43,10 @@ class AttackModule(L.LightningModule):
         self.started = time.perf_counter()
 
     def _compute(self, batch: dict[str, Any]) -> torch.Tensor:
-        # Encoded and conditioned once per batch; every step of the attack reuses them.
+        # Encoded and conditioned once per batch; every step of the attack reuses them. The attack never sees
+        # the labels.
         noise = SampleNoise(batch["key"], getattr(self.attack, "seed", 0))
-        x0 = self.target.encode(to_model_range(batch["image"]), noise)  # a latent draw takes the sample's noise
-        cond = self.target.conditions(batch, self.attack.guidance_scale)
+        x0, cond = self.attack.inputs(self.target, {k: v for k, v in batch.items() if k != "label"}, noise)
         return self.attack.collect(self.target, x0, noise, cond)
 
     def _stored_or_computed(self, batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
