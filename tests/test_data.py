@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_images
+from conftest import TINY_TRAIN, compose_config, write_images
 
+from mia.data.captions import CaptionedFolderPool, read_captions
 from mia.data.images import load_images, load_split_images
 from mia.data.pools import DigitsPool, FolderPool, celeba_pool, cifar_pool
 from mia.errors import MiaError
@@ -116,3 +118,41 @@ def test_a_broken_image_file_is_named(image_tree: Path):
     pool = FolderPool(str(image_tree), image_size=8)
     with pytest.raises(MiaError, match=r"cannot read image .*0003\.jpg"):
         load_images(pool, range(len(pool)))
+
+
+def _captioned(root: Path, names: list[str]) -> Path:
+    """root/<subset>/NNNN.png images and root/metadata.jsonl with one row per name in ``names``."""
+    for subset in ("train", "test"):
+        write_images(root / subset, 2, (8, 8), seed=0)
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "text": f"a photo of {n}"}) + "\n"
+                                                 for n in names))
+    return root
+
+
+ALL_FOUR = ["train/0000.png", "train/0001.png", "test/0000.png", "test/0001.png"]
+
+
+def test_a_caption_row_naming_a_missing_image_is_refused(tmp_path: Path):
+    root = _captioned(tmp_path / "data", [*ALL_FOUR, "train/0002.png"])
+    message = (r"metadata.jsonl names 1 images that are not in .*data \(first: train/0002.png, line 5\): the folder "
+               r"and its captions disagree")
+    with pytest.raises(MiaError, match=message) as refused:
+        read_captions(root)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(MiaError, match=message):  # also when only one subset is read
+        CaptionedFolderPool(str(root), 8, subset="train")
+    from train_targets.train import train
+
+    overrides = [o for o in TINY_TRAIN if not o.startswith(("data", "target="))]
+    overrides += ["data=captioned_folder", f"data.root={root}", "data.image_size=8", "target=text_to_image_tiny"]
+    with pytest.raises(MiaError, match=message):  # and mia-train data=captioned_folder, before any training
+        train(compose_config("train", overrides, tmp_path / "run"))
+    assert not (tmp_path / "run" / "target").exists()
+
+
+def test_rows_for_existing_images_of_another_subset_are_not_refused(tmp_path: Path):
+    root = _captioned(tmp_path / "data", ALL_FOUR)
+    pool = CaptionedFolderPool(str(root), 8, subset="train")
+    assert pool.ids == ["train/0000.png", "train/0001.png"]
+    assert pool.captions == ["a photo of train/0000.png", "a photo of train/0001.png"]
+    assert read_captions(root, images=["test/0001.png"]) == {"test/0001.png": "a photo of test/0001.png"}

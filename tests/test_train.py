@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, TINY_TRAIN, compose_config, write_images
@@ -188,3 +189,38 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path):
     info = json.loads((tmp_path / "resumed" / "target" / "training.json").read_text())
     assert info["steps"] == saved_step + 5
     assert min(_logged_steps(tmp_path / "resumed")) >= saved_step
+
+
+class _EpochBound(L.Callback):
+    """Records (epoch, trainer.max_epochs) at each epoch start: what the progress bar reads ("Epoch e/max-1")."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen.append((trainer.current_epoch, trainer.max_epochs))
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["shuffled", "dp-poisson"])
+def test_max_epochs_is_what_max_steps_takes_and_steps_still_end_training(tmp_path: Path, dp: bool):
+    # 24 members in batches of 8: 3 batches an epoch (Poisson: 1 / sampling rate), so 7 steps take 3 epochs.
+    extra = ["training.dp.enabled=true", "training.dp.noise_multiplier=1.0"] if dp else []
+    bound = _EpochBound()
+    cfg = compose_config("train", [*TINY_TRAIN, *extra, "trainer.max_steps=7"], tmp_path)
+    assert cfg.trainer.max_epochs == -1
+    info = train(cfg, extra_callbacks=[bound])
+    assert info["steps"] == 7
+    assert bound.seen == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_the_epoch_bound_follows_a_resumed_run(tmp_path: Path):
+    common = [*TINY_TRAIN, "callbacks.model_checkpoint.every_n_train_steps=4"]
+    train(compose_config("train", [*common, "trainer.max_steps=4"], tmp_path / "first"))  # epoch 0, 1 batch of 1
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    bound = _EpochBound()
+    info = train(compose_config("train", [*common, "trainer.max_steps=11", f"ckpt_path={checkpoint}"],
+                                tmp_path / "second"), extra_callbacks=[bound])
+    assert info["steps"] == 11
+    # Epoch 1 goes on from its 2nd batch (Lightning calls no epoch-start hook for it) to step 6, epoch 2 to 9,
+    # and max_steps ends epoch 3 after 2 of its 3 batches: epochs 0..3, each read as "Epoch e/3".
+    assert bound.seen == [(2, 4), (3, 4)]

@@ -18,6 +18,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from mia.errors import MiaError
+from mia.targets.weights import weights_only_refusal
 
 
 @dataclass
@@ -33,27 +34,16 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = _unpickler_reason(err)
-        if "Unsupported global" not in reason:  # an opcode it does not take: a foreign or broken file
+        refusal = weights_only_refusal(err)
+        if refusal.global_name is None:  # an opcode it does not take: a foreign or broken file
             raise MiaError(f"{path} is not a mia-train checkpoint (it does not load with torch.load("
-                           f"weights_only=True): {reason})") from err
+                           f"weights_only=True): {refusal.reason})") from err
         raise MiaError(
-            f"{path} holds more than tensors and plain types ({reason}), so it is refused: loading it would need "
-            "torch.load(weights_only=False), which runs code the file carries. mia-train's checkpoints load with "
-            "weights_only=True; train again, or re-save the tensors yourself if you trust the file"
+            f"{path} holds a Python object ({refusal.global_name}) that would run code when loaded; mia refuses it "
+            "(mia-train's checkpoints load with torch.load(weights_only=True))"
         ) from err
     except (OSError, EOFError, KeyError, RuntimeError) as err:
         raise MiaError(f"{path} is not a mia-train checkpoint ({type(err).__name__}: {err})") from err
-
-
-def _unpickler_reason(err: Exception) -> str:
-    """What the weights-only unpickler refused, e.g. ``Unsupported global: GLOBAL mymodule.MyClass``."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker not in text:
-        return text.split("\n")[0]
-    detail = text.split(marker, 1)[1].strip().split("\n")[0]
-    return detail.split(" was not an allowed global")[0].strip().rstrip(".")
 
 
 def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:

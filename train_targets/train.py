@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,37 @@ from train_targets.module import DDPMTarget
 from train_targets.privacy import PrivateTraining, dp_settings
 
 log = logging.getLogger(__name__)
+
+
+class EpochsOfMaxSteps(L.Callback):
+    """When ``max_steps`` alone sets the length (``max_epochs=-1``), ``max_epochs`` = the epochs it takes.
+
+    Lightning's progress bar reads "Epoch e/max_epochs-1", so -1 showed as "Epoch 1499/-2". The bound is
+    recomputed from the steps left at the start and after every epoch (batches per epoch as Lightning counts
+    them: per rank, Poisson loaders included, over gradient accumulation), always above the epochs done while
+    steps remain: ``max_steps`` still ends training, the epoch limit never does.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.active = trainer.max_epochs == -1 and trainer.max_steps > 0
+        self._bound(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bound(trainer)
+
+    def _bound(self, trainer: L.Trainer) -> None:
+        # Lightning stops once the epochs *processed* (counted before on_train_epoch_end) reach max_epochs.
+        epochs_done = trainer.fit_loop.epoch_progress.current.processed
+        batches = trainer.num_training_batches
+        if not self.active or not math.isfinite(batches) or batches < 1:
+            return
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        steps_left = trainer.max_steps - trainer.global_step
+        if steps_left > 0:
+            trainer.fit_loop.max_epochs = epochs_done + math.ceil(steps_left / steps_per_epoch)
 
 
 def resume_path(ckpt_path: str | None) -> str | None:
@@ -102,7 +134,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         model.privacy.plan(datamodule.sample_rate)  # an unreachable ε: refused here
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])],
+        callbacks=[*instantiate_group(cfg.get("callbacks")), EpochsOfMaxSteps(), *(extra_callbacks or [])],
         logger=build_loggers(cfg.get("logger")),
     )
     if dp is not None and trainer.world_size > 1:

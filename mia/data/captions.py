@@ -102,9 +102,10 @@ def read_captions(folder: str | Path, column: str = "text", images: Sequence[str
 
     ``images`` are the images that need a caption (default: every image file under the folder). Refused,
     with one line: no caption file; a row without file_name or caption; a name given twice; images
-    without a caption (how many, and the first); a caption file whose names match no image. Rows naming a
-    file that does not exist are skipped with a warning; rows for existing images outside ``images``
-    (another subset) are skipped silently.
+    without a caption (how many, and the first); a caption file whose names match no image; rows naming a
+    file that does not exist (the folder and its captions disagree, so one of them is not what the user
+    thinks). Rows for existing images outside ``images`` (another subset, or samples not asked for) are
+    skipped silently.
     """
     folder = Path(folder).expanduser()
     path = metadata_file(folder)
@@ -113,12 +114,14 @@ def read_captions(folder: str | Path, column: str = "text", images: Sequence[str
             f"{folder} has no caption file; add metadata.jsonl (or metadata.csv) with file_name and text per image"
         )
     captions: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, row in _rows(path):
         where = f"{path} line {number}"
         name = _file_name(row, where)
         if name in captions:
             raise MiaError(f"{where} names {name} a second time; give each image one row")
         captions[name] = _caption(row, column, where)
+        lines[name] = number
     wanted = list(image_files(folder) if images is None else images)
     known = set(wanted)
     matched = [name for name in captions if name in known]
@@ -134,9 +137,13 @@ def read_captions(folder: str | Path, column: str = "text", images: Sequence[str
             f"{len(missing)} of {len(wanted)} images in {folder} have no caption in {path.name} (first: {missing[0]}); "
             "add a row for each, or remove those images"
         )
-    stale = [name for name in captions if name not in known and not (folder / name).is_file()]
-    if stale:
-        log.warning("%s names %d files that do not exist (first: %s); they are ignored", path, len(stale), stale[0])
+    absent = [name for name in captions if name not in known and not (folder / name).is_file()]
+    if absent:
+        raise MiaError(
+            f"{path} names {len(absent)} images that are not in {folder} (first: {absent[0]}, line "
+            f"{lines[absent[0]]}): the folder and its captions disagree, so one of them is not what you think; "
+            "restore those images or remove their rows"
+        )
     return {name: captions[name] for name in wanted}
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from mia.data.split import Split
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 from mia.targets.identity import file_digest
-from mia.targets.weights import load_weights
+from mia.targets.weights import load_weights, weights_only_refusal
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,12 @@ def read_betas(path: str | Path) -> torch.Tensor:
             betas = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
             betas = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refusal = weights_only_refusal(err)
+        if refusal.global_name:
+            raise MiaError(f"{path} holds a Python object ({refusal.global_name}) that would run code when loaded; "
+                           "mia refuses it. Save the betas alone: numpy.save to .npy, or torch.save a tensor") from err
+        raise MiaError(f"cannot read the betas in {path}: {refusal.reason}") from err
     except Exception as err:  # numpy and torch raise many kinds for a file that is not theirs
         raise MiaError(f"cannot read the betas in {path}: {err}".splitlines()[0]) from err
     if not isinstance(betas, torch.Tensor) or betas.ndim != 1 or len(betas) < 2:

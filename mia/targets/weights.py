@@ -12,7 +12,7 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -20,6 +20,33 @@ from torch import nn
 from mia.errors import MiaError
 
 SAFETENSORS = (".safetensors",)
+
+
+# torch's weights-only unpickler names the global it refuses in two wordings: "Unsupported global: GLOBAL x.y was
+# not an allowed global by default" (older torch, and a module it does not block), and for the modules newer torch
+# blocks outright (os, posix, nt, sys; torch 2.14 here) "Trying to load unsupported GLOBAL posix.system whose module
+# posix is blocked". Matched case-insensitively, so either wording gives the global's name.
+_REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
+# torch's advice around the reason: kept out of the one line mia shows.
+_TORCH_ADVICE = ("In PyTorch", "This file can still be loaded", "Please file an issue", "Check the documentation",
+                 "(1)", "(2)")
+
+
+class Refusal(NamedTuple):
+    """Why ``torch.load(weights_only=True)`` refused a file."""
+
+    global_name: str | None  # the Python global the file names (e.g. posix.system): loading it would run code
+    reason: str  # torch's own reason in one line, without its advice
+
+
+def weights_only_refusal(err: pickle.UnpicklingError) -> Refusal:
+    """The global a file names that torch's weights-only unpickler refused (None for another failure), and why."""
+    text = str(err)
+    found = _REFUSED_GLOBAL.search(text)
+    detail = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip().removeprefix("Weights only load failed.").strip() for line in detail.splitlines()]
+    reason = next((line for line in lines if line and not line.startswith(_TORCH_ADVICE)), type(err).__name__)
+    return Refusal(found.group(1).rstrip(".") if found else None, reason)
 
 
 def _read(path: Path) -> Any:
@@ -34,14 +61,13 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found:
+        refusal = weights_only_refusal(err)
+        if refusal.global_name:
             raise MiaError(
-                f"{path} holds a Python object ({found.group(1)}), not only tensors and plain values, so it loads "
-                "only with torch.load(weights_only=False), which runs whatever code the file names; mia refuses "
-                "it. Save the state dict alone, e.g. torch.save(model.state_dict(), 'weights.pt') or safetensors"
+                f"{path} holds a Python object ({refusal.global_name}) that would run code when loaded; mia refuses "
+                "it. Save the state dict alone: torch.save(model.state_dict(), path) or safetensors"
             ) from err
-        raise MiaError(f"{path} is not a PyTorch weights file (torch.load failed: {_first_line(err)})") from err
+        raise MiaError(f"{path} is not a PyTorch weights file (torch.load failed: {refusal.reason})") from err
     except (RuntimeError, OSError, EOFError) as err:
         raise MiaError(f"{path} is not a PyTorch weights file (torch.load failed: {_first_line(err)})") from err
 
