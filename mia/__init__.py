@@ -17,7 +17,7 @@ from mia.api import (
     run_attack,
     trainer_factory,
 )
+from mia.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["AttackResult", "Protocol", "ScoringSettings", "__version__", "compare", "evaluation_set", "load_target",
            "make_attack", "plot_roc", "run_attack", "trainer_factory"]

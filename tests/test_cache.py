@@ -69,7 +69,7 @@ def test_the_key_names_the_prediction_code_and_the_libraries(small):
         assert key["libraries"][library] == importlib.metadata.version(library)
     assert key["code"] == "digest" and key["target"] == target.identity and key["samples"] == evalset.digest
     # NA's statistic is computed from the predictions, so it is not part of their key; other attacks store scores.
-    assert "statistic" not in key["settings"] and key["stores"] == "predictions"
+    assert "statistic" not in key["settings"] and key["settings"] == NoiseAggregation().prediction_settings()
     assert cache_key.cache_key(SimA(), target, evalset, cpu_trainer(), "digest")["stores"] == "scores"
 
 

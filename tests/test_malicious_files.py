@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from mia.errors import MiaError
+from mia.targets.checkpoint import load_checkpoint_file, read_training_checkpoint
 from mia.targets.module import read_betas
 from mia.targets.weights import read_state_dict, weights_only_refusal
-from train_targets.checkpoint import load_checkpoint_file, read_training_checkpoint
 
 READERS: dict[str, Callable[[Path], object]] = {
     "weights": read_state_dict,

@@ -14,8 +14,8 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from mia.errors import MiaError
+from mia.targets.checkpoint import read_training_checkpoint
 from mia.targets.folder import load_folder
-from train_targets.checkpoint import read_training_checkpoint
 from train_targets.module import DDPMTarget
 from train_targets.train import train
 

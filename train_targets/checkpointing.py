@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from train_targets.checkpoint import load_checkpoint_file
+from mia.targets.checkpoint import load_checkpoint_file
 
 
 def _replace_atomically(path: Path, write: Any) -> None:

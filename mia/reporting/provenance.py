@@ -16,12 +16,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import mia
+from mia.version import __version__
 
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("torch", "diffusers", "lightning", "hydra-core", "numpy", "torchvision", "transformers")
-PACKAGE_DIR = Path(mia.__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the mia package
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess | None:
@@ -36,7 +36,7 @@ def _git(folder: Path, *args: str) -> subprocess.CompletedProcess | None:
 
 def source(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
     """mia's version; with ``commit`` and ``dirty`` (tracked files changed) when it runs from a git checkout."""
-    record: dict[str, Any] = {"version": mia.__version__}
+    record: dict[str, Any] = {"version": __version__}
     tracked = _git(package_dir, "ls-files", "--error-unmatch", "__init__.py")
     if tracked is None or tracked.returncode != 0:
         return record  # not a checkout, no git, or a copy the surrounding repository does not track

@@ -1,21 +1,88 @@
-"""A ``mia-train`` training checkpoint as a target: leakage at points of training (``target.checkpoint=``).
+"""A ``mia-train`` training checkpoint: reading it (the one place that knows its layout), and as a target.
 
-The checkpoint's format belongs to training; it is read through ``train_targets.checkpoint``. The weights
-come from the checkpoint and the labels from ``target.path/split.json``, so the split the checkpoint
-carries must be that one: a checkpoint of another run would silently get wrong labels.
+Lightning writes the checkpoint: ``hyper_parameters`` hold the UNet and scheduler configs, ``state_dict``
+the weights under ``unet.`` (with EMA on, Lightning's weight averaging saves the average there, the
+weights that get exported), and the data module's state the split it trained on. Everything in it is
+tensors and plain types, so it loads with ``torch.load(weights_only=True)``: reading a checkpoint from
+elsewhere never runs code it carries. mia-train resumes from it with the same reader.
+
+As a target (``target.checkpoint=``: leakage at points of training), the weights come from the checkpoint
+and the labels from ``target.path/split.json``, so the split the checkpoint carries must be that one: a
+checkpoint of another run would silently get wrong labels.
 """
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
 
 from mia.data.split import Split
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 from mia.targets.identity import file_digest
 from mia.targets.pipeline import unet_sample_shape
-from train_targets.checkpoint import read_training_checkpoint
+from mia.targets.weights import weights_only_refusal
+
+
+@dataclass
+class TrainingCheckpoint:
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+    split: dict[str, Any]  # members, nonmembers, fingerprint as the data module saved them ({} if absent)
+    step: int
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint's dictionary, loaded with ``weights_only=True``; one line when it holds anything else."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refusal = weights_only_refusal(err)
+        if refusal.global_name is None:  # an opcode it does not take: a foreign or broken file
+            raise MiaError(f"{path} is not a mia-train checkpoint (it does not load with torch.load("
+                           f"weights_only=True): {refusal.reason})") from err
+        raise MiaError(
+            f"{path} holds a Python object ({refusal.global_name}) that would run code when loaded; mia refuses it "
+            "(mia-train's checkpoints load with torch.load(weights_only=True))"
+        ) from err
+    except (OSError, EOFError, KeyError, RuntimeError) as err:
+        raise MiaError(f"{path} is not a mia-train checkpoint ({type(err).__name__}: {err})") from err
+
+
+def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    """The UNet (EMA weights when EMA was on), scheduler and split of a mia-train checkpoint."""
+    path = Path(path)
+    checkpoint = load_checkpoint_file(path)
+    try:
+        hparams = checkpoint["hyper_parameters"]
+        if "text_encoder" in hparams:
+            raise MiaError(f"{path} is a text-to-image training checkpoint; attack the folder its run exported")
+        unet = UNet2DModel(**hparams["unet"])
+        state = {k[len("unet."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+        unet.load_state_dict(state)
+        scheduler = DDPMScheduler(**hparams["scheduler"])
+    except (KeyError, RuntimeError, TypeError) as err:
+        raise MiaError(f"{path} is not a mia-train checkpoint: {err}") from err
+    return TrainingCheckpoint(unet=unet, scheduler=scheduler, split=saved_split(checkpoint),
+                              step=int(checkpoint.get("global_step", 0)))
+
+
+def saved_split(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The member split the data module saved (members, non-members, fingerprint), wherever Lightning put it.
+
+    Lightning keys a data module's state by the module's class name; the split is recognised by its content,
+    so the reader does not depend on what the training app calls its data module. {} when there is none.
+    """
+    for value in checkpoint.values():
+        if isinstance(value, dict) and {"members", "nonmembers"} <= value.keys():
+            return value
+    return {}
+
 
 
 def load_checkpoint_target(path: str | Path, split: Split | None = None) -> DiffusionTarget:
