@@ -70,7 +70,7 @@ def test_the_key_names_the_prediction_code_and_the_libraries(small):
     assert key["code"] == "digest" and key["target"] == target.identity and key["samples"] == evalset.digest
     # NA's statistic is computed from the predictions, so it is not part of their key; other attacks store scores.
     assert "statistic" not in key["settings"] and key["settings"] == NoiseAggregation().prediction_settings()
-    assert cache_key.cache_key(SimA(), target, evalset, cpu_trainer(), "digest")["stores"] == "scores"
+    assert cache_key.cache_key(SimA(), target, evalset, cpu_trainer(), "digest")["settings"]["t"] == SimA().t
 
 
 def test_targets_without_identity_are_never_cached(small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
