@@ -80,7 +80,7 @@ def evaluation_set(target: DiffusionTarget, members: str | Path | None = None, n
 
 def trainer_factory(accelerator: str = "auto", devices: int = 1, progress_bar: bool = False,
                     **options: Any) -> Callable[[], L.Trainer]:
-    """A fresh Lightning predict Trainer per scoring call, in full precision (as conf/attack/trainer/predict.yaml)."""
+    """A fresh Lightning predict Trainer per scoring call, in full precision (as conf/query/trainer/predict.yaml)."""
     def make() -> L.Trainer:
         return L.Trainer(accelerator=accelerator, devices=devices, precision="32-true", logger=False,
                          enable_checkpointing=False, enable_model_summary=False, inference_mode=True,

@@ -1,9 +1,10 @@
 """Hydra and OmegaConf helpers the library and both commands share: the config trees, resolvers, building objects.
 
 The configs live in ``conf/``: ``conf/train/`` (mia-train's tree), ``conf/attack/`` (mia-attack's tree) and
-``conf/common/`` (logger, paths, hydra: on both trees' search path, through the ``mia_conf`` resolver).
-Two trees, so that an attack cannot compose a training option by accident (``mia-attack trainer=cpu`` is the
-attack's CPU trainer, never training's).
+``conf/audit/`` (mia-audit's), ``conf/common/`` (logger, paths, hydra: on every tree's search path, through the
+``mia_conf`` resolver) and ``conf/query/`` (target, reference, the predict trainer: on the attack's and the
+audit's). Separate trees, so that an attack cannot compose a training option by accident (``mia-attack
+trainer=cpu`` is the attack's CPU trainer, never training's).
 
 Everything built from a config goes through ``build`` (``hydra.utils.instantiate``), and a node's keys are
 checked against the signature of what it builds first (``check_keys``): attacks and targets alike.
@@ -29,6 +30,7 @@ from mia.errors import MiaError
 CONF_ROOT = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_CONFIG_DIR = str(CONF_ROOT / "train")
 ATTACK_CONFIG_DIR = str(CONF_ROOT / "attack")
+AUDIT_CONFIG_DIR = str(CONF_ROOT / "audit")
 # Keys Hydra itself reads from a node it instantiates.
 HYDRA_KEYS = frozenset({"_target_", "_convert_", "_recursive_", "_partial_", "_args_"})
 
@@ -46,8 +48,8 @@ def config_dir(tree: str) -> str:
 
 
 def options(group: str) -> list[str]:
-    """The option names of a config group of the attack tree, e.g. ``options("attack")``: na, loss, ..."""
-    return sorted(p.stem for p in (CONF_ROOT / "attack" / group).glob("*.yaml"))
+    """The option names of a config group of mia-attack's search path, e.g. ``options("attack")``: na, loss, ..."""
+    return sorted(p.stem for tree in ("attack", "query") for p in (CONF_ROOT / tree / group).glob("*.yaml"))
 
 
 for _name, _resolver in (("auto_precision", _auto_precision), ("mia_conf", config_dir)):

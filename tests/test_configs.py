@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
+from mia.attacks.blind import BlindAttack
 from mia.attacks.clid import CLiDClassifier, CLiDThreshold
 from mia.config import CONF_ROOT, build_loggers, config_dir, instantiate_group
 from mia.data.registry import build_pool
@@ -88,14 +89,15 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
     ("sima", SimA(t=100, p=4.0)),
     ("clid", CLiDThreshold(timesteps=[440, 450, 460], degradation=[0.3, 0.5, 0.7])),
     ("clid_vec", CLiDClassifier(n_estimators=20, max_depth=3, subsample=0.7, colsample_bytree=0.7, gamma=0.7)),
+    ("blind", BlindAttack(classifier="logistic")),
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
-    assert options("attack", "attack") == ["clid", "clid_th", "clid_vec", "learned", "loss", "na", "pia", "pian",
-                                           "secmi", "secmi_nn", "sima"]
+    assert options("attack", "attack") == ["blind", "clid", "clid_th", "clid_vec", "learned", "loss", "na", "pia",
+                                           "pian", "secmi", "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 
-@pytest.mark.parametrize("trainer", options("attack", "trainer"))
+@pytest.mark.parametrize("trainer", options("query", "trainer"))
 def test_attack_trainers_are_the_attacks_own(trainer: str, tmp_path: Path):
     cfg = config("attack", "target.path=x", f"trainer={trainer}", output_dir=tmp_path)
     # No training option can leak in: the attack's tree has no max_steps, clipping or bf16.

@@ -104,9 +104,9 @@ def _type_name(annotation: Any) -> str:
     return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
 
 
-def check_setting(name: str, value: Any, annotation: Any) -> None:
-    """Refuse a setting of the wrong type, naming its key (``attack.<name>``); other annotations are left alone."""
-    key, kind = f"attack.{name}", _type_name(annotation)
+def check_setting(name: str, value: Any, annotation: Any, group: str = "attack") -> None:
+    """Refuse a setting of the wrong type, naming its key (``<group>.<name>``); other annotations are left alone."""
+    key, kind = f"{group}.{name}", _type_name(annotation)
     if kind.endswith(" | None"):  # an optional setting: None, or a value of the type
         if value is None:
             return

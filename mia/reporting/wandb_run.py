@@ -76,3 +76,16 @@ def log_to_wandb(logger: Any, result: AttackResult, roc: ROC, evalset: Evaluatio
             "extreme_samples": samples,
         }
     )
+
+
+def log_audit_to_wandb(logger: Any, audit: dict[str, Any], figure: Path) -> None:
+    """An audit's W&B run: every number of audit.json in the summary, the p-value table and its figure."""
+    import wandb
+
+    run = logger.experiment
+    run.summary.update(summary_items(audit))
+    columns = ["n", "median_p", "p_q25", "p_q75", "median_p_permutation", "fraction_below_level", "resamples"]
+    tables = {name: wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+              for name, rows in (("pvalue_vs_size", audit["pvalue_vs_size"]),
+                                 ("false_alarm_control", audit["false_alarm_control"]))}
+    run.log({**tables, "pvalue_vs_size_plot": wandb.Image(str(figure))})

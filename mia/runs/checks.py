@@ -74,23 +74,23 @@ def check_knobs(cfg: DictConfig) -> None:
             check(key, value)
 
 
-def attack_class(node: DictConfig) -> type[Attack]:
-    """The attack class ``attack._target_`` names, refused when it is none."""
-    cls = built_by(node, "attack", "an attack", f"; choose attack=<{'|'.join(options('attack'))}>")
+def attack_class(node: DictConfig, group: str = "attack") -> type[Attack]:
+    """The attack class ``<group>._target_`` names, refused when it is none."""
+    cls = built_by(node, group, "an attack", f"; choose attack=<{'|'.join(options('attack'))}>")
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise MiaError(f"attack._target_={node.get('_target_')} is not an attack (a subclass of "
+        raise MiaError(f"{group}._target_={node.get('_target_')} is not an attack (a subclass of "
                        "mia.attacks.base.Attack)")
     return cls
 
 
-def check_attack_settings(node: DictConfig) -> type[Attack]:
+def check_attack_settings(node: DictConfig, group: str = "attack") -> type[Attack]:
     """Unknown keys are named with the keys that exist; each known key is checked against its declared type."""
-    cls = attack_class(node)
-    check_keys(node, cls, "attack", f"the {cls.name} attack")
+    cls = attack_class(node, group)
+    check_keys(node, cls, group, f"the {cls.name} attack")
     types = {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     for name, annotation in types.items():
         if name in node:
-            check_setting(name, node[name], annotation)
+            check_setting(name, node[name], annotation, group)
     return cls
 
 
