@@ -144,8 +144,7 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     if reference is not None:
         outcome, controls, cost = _with_reference(attack, outcome, cost, reference, evalset, protocol, scoring)
     if blind_control and evalset.record.get("labels", "").startswith("folders"):
-        controls["blind_control"] = run_blind_control(evalset, seed=protocol.seed, bootstrap=protocol.bootstrap,
-                                                      confidence=protocol.confidence)
+        controls["blind_control"] = run_blind_control(evalset, seed=protocol.seed, confidence=protocol.confidence)
     warnings = [c["warning"] for c in (controls.get("blind_control", {}), outcome.chosen) if c.get("warning")]
     metrics = {
         **_what_was_attacked(attack, target),

@@ -95,7 +95,7 @@ def test_clid_th_picks_alpha_on_calibration_auc():
     outcome = apply(CLiDThreshold(), features, labels, roles(ids, labels, protocol), protocol)
     assert outcome.chosen["alpha"] >= 0.8 and outcome.metrics["auc"] > 0.9
     with pytest.raises(RuntimeError, match="must be fitted"):
-        CLiDThreshold().aggregate(torch.from_numpy(features))
+        CLiDThreshold().score(torch.from_numpy(features))
 
 
 def test_bad_clid_settings_are_refused():

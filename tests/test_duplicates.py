@@ -11,7 +11,7 @@ import torch
 from conftest import write_images
 from PIL import Image
 
-from mia.data.duplicates import draw_distinct_split, pixel_digest
+from mia.data.duplicates import draw_distinct_split, exclusion, pixel_digest
 from mia.data.evaluation_set import from_split
 from mia.data.images import load_images, load_split_images
 from mia.data.pools import DigitsPool, FolderPool
@@ -137,3 +137,30 @@ def test_pixel_digest_sees_pixels_not_bytes(folder_with_copies: Path):
     assert raws[0] != raws[1] and pixel_digest(images[0]) == pixel_digest(images[1])
     assert pixel_digest(images[0]) != pixel_digest(images[2])
     assert not np.array_equal(images[0].numpy(), images[2].numpy())
+
+
+def test_a_split_drawn_with_another_excluded_shares_no_sample_nor_pixel_copy(tmp_path: Path):
+    write_images(tmp_path / "pool", 40, (8, 8), seed=3)
+    pool = FolderPool(tmp_path / "pool", image_size=8, channels=3)
+    config = {"name": "folder", "root": str(tmp_path / "pool"), "image_size": 8, "channels": 3}
+    target, _, _ = draw_distinct_split(pool, config, 6, 6, seed=0)
+    target.save(tmp_path / "split.json")
+    # A copy of a target member under another name: a model trained on it would have seen that member.
+    shutil.copy(tmp_path / "pool" / target.members[0], tmp_path / "pool" / "copy_of_a_member.png")
+    pool = FolderPool(tmp_path / "pool", image_size=8, channels=3)
+    excluded = exclusion([str(tmp_path / "split.json")], pool, config)
+    for seed in range(4):
+        other, _, _ = draw_distinct_split(pool, config, 14, 14, seed=seed, exclude=excluded)
+        assert not set(other.members + other.nonmembers) & set(target.members + target.nonmembers)
+        assert "copy_of_a_member.png" not in other.members + other.nonmembers
+    assert other.excluded["samples"] == 12 and Split.load(tmp_path / "split.json").excluded == {}
+    with pytest.raises(MiaError, match="the split asks for 15 members"):
+        draw_distinct_split(pool, config, 15, 15, seed=0, exclude=excluded)  # 41 images, 12 excluded, 1 copy
+
+
+def test_a_split_of_another_dataset_cannot_be_excluded(tmp_path: Path):
+    write_images(tmp_path / "pool", 10, (8, 8), seed=3)
+    pool = FolderPool(tmp_path / "pool", image_size=8, channels=3)
+    Split(members=["0000.png"], nonmembers=["0001.png"], seed=0, dataset={"name": "cifar10"}).save(tmp_path / "s.json")
+    with pytest.raises(MiaError, match="is a split of the cifar10 dataset, not of folder"):
+        exclusion([str(tmp_path / "s.json")], pool, {"name": "folder", "root": str(tmp_path / "pool")})

@@ -57,7 +57,10 @@ def run_attack(attack, target, images, captions, keys, guidance: float = 1.0) ->
     noise = SampleNoise(keys, attack.seed)
     x0 = target.encode(to_model_range(images), noise)
     attack.check(target)
-    return attack.scores_of(target, x0, noise, target.conditions({"caption": captions}, guidance))
+    cond = target.conditions({"caption": captions}, guidance)
+    if attack.learns_from_labels:  # CLiD's score is fitted on labelled rows: compare its features
+        return attack.collect(target, x0, noise, cond)
+    return attack.scores_of(target, x0, noise, cond)
 
 
 def test_a_stable_diffusion_folder_loads_with_its_schedule_and_shapes(tiny_sd: Path, sd: LatentTextTarget):

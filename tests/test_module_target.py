@@ -238,7 +238,7 @@ def _save(path: Path, content) -> str:
          r"\(first: module.net.conv_in.weight\)"),
         (["target.weights_prefix=module."], r"target.weights is not"),
         (["target.split=CIFAR10_train_ratio0.5.npz"], r"target.split takes a split.json; convert"),
-        (["target.path=pipeline"], r"target.path is for pipeline folders"),
+        (["+target.path=pipeline"], r"target.path is not a setting of the mia.targets.module.load_module loader"),
     ],
 )
 def test_bad_input_is_refused_with_one_line(project: Path, overrides: list[str], message: str):
@@ -279,6 +279,6 @@ def test_a_betas_file_sets_the_schedule(project: Path):
 def test_pipeline_kinds_refuse_module_settings(project: Path):
     refused = r"is not a setting of the mia.targets.folder.load_folder loader; .* it is a setting of target=module"
     with pytest.raises(MiaError, match=r"target.timestep_input " + refused):
-        run(attack_cfg(project / "run", "target.path=pipeline", "target.timestep_input=fraction", "attack=sima"))
+        run(attack_cfg(project / "run", "target.path=pipeline", "+target.timestep_input=fraction", "attack=sima"))
     with pytest.raises(MiaError, match=r"target.weights " + refused):
-        run(attack_cfg(project / "run", "target.path=pipeline", "target.weights=ckpt.pt", "attack=sima"))
+        run(attack_cfg(project / "run", "target.path=pipeline", "+target.weights=ckpt.pt", "attack=sima"))

@@ -111,6 +111,6 @@ def test_lightning_predict_loop_gives_the_same_scores(digits_memorizer):
     subset = EvaluationSet(evalset.stack(range(195, 205)), evalset.labels[195:205], evalset.ids[195:205])
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     batches = trainer.predict(AttackModule(target, attack), DataLoader(subset, batch_size=4))
-    scores = torch.cat([b["score"] for b in batches]).numpy()
+    scores = torch.cat([b["features"] for b in batches]).numpy()
     np.testing.assert_allclose(scores, score_all(attack, target, subset), rtol=1e-6)
     assert sum(int(b["queries"]) for b in batches) == 5 * len(subset)

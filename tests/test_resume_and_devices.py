@@ -175,7 +175,7 @@ def test_whole_batches_reach_every_rank_once(rows: int, batch: int):
 
 def test_missing_or_repeated_samples_are_refused():
     def batch(*index: int) -> dict[str, torch.Tensor]:
-        return {"index": torch.tensor(index), "score": torch.tensor(index, dtype=torch.float64)[:, None]}
+        return {"index": torch.tensor(index), "features": torch.tensor(index, dtype=torch.float64)[:, None]}
 
     assert assemble([batch(2, 3), batch(0, 1)], 4)[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # [N, F] outputs too
     with pytest.raises(MiaError, match="scored 3 of 4 samples"):

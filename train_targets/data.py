@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mia.checks import require_integer
 from mia.data.captions import captions_of
-from mia.data.duplicates import distinct_rows, draw_distinct_split
+from mia.data.duplicates import Exclusion, distinct_rows, draw_distinct_split
 from mia.data.images import load_split_images
 from mia.data.pools import ImagePool
 from mia.data.split import Split
@@ -41,6 +41,7 @@ class MemberDataModule(L.LightningDataModule):
         probe_size: int = 128,
         indices: tuple[np.ndarray, np.ndarray] | None = None,
         poisson_sampling: bool = False,
+        exclude: Exclusion | None = None,
     ) -> None:
         super().__init__()
         require_integer("batch_size", batch_size, minimum=1)
@@ -53,6 +54,7 @@ class MemberDataModule(L.LightningDataModule):
         self.probe_size = probe_size
         self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
         self.poisson_sampling = poisson_sampling  # DP-SGD: each member joins each batch independently
+        self.exclude = exclude  # split.exclude: samples (and their pixel copies) the split must not draw
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
@@ -65,8 +67,8 @@ class MemberDataModule(L.LightningDataModule):
                 self.split, self.members, self.nonmembers = self._given_split(*self.indices)
             else:
                 # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
-                self.split, self.members, self.nonmembers = draw_distinct_split(self.pool, self.data_config,
-                                                                                *self.sizes, seed=self.seed)
+                self.split, self.members, self.nonmembers = draw_distinct_split(
+                    self.pool, self.data_config, *self.sizes, seed=self.seed, exclude=self.exclude)
             index_of = {sample_id: i for i, sample_id in enumerate(self.pool.ids)}
             ids = self.split.members + self.split.nonmembers
             captions = captions_of(self.pool, [index_of[sample_id] for sample_id in ids])

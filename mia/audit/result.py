@@ -22,7 +22,8 @@ def verdict(inference: Inference, settings: InferenceSettings, blind: dict[str, 
     """What the audit may say, at the largest set size (every suspect)."""
     main = inference.sizes[-1].record(settings.alpha)
     control = inference.control[-1].record(settings.false_alarm_level)
-    answer = {"n": main["n"], "median_p": main["median_p"], "alpha": settings.alpha,
+    answer = {"n": main["n"], "reference": main["reference"], "p_value": main["p_value"],
+              "median_p": main["median_p"], "alpha": settings.alpha,
               "control_false_alarms": control["fraction_below_level"], "control_n": control["n"]}
     if control["fraction_below_level"] > settings.max_false_alarms:
         answer.update(claim="none", text=(
@@ -33,15 +34,16 @@ def verdict(inference: Inference, settings: InferenceSettings, blind: dict[str, 
         answer.update(claim="none", text=(
             "the suspect and reference sets differ without the model (blind control AUC "
             f"{blind['auc']:.3f}); a difference the test finds could be that difference, so no claim is made"))
-    elif main["median_p"] < settings.alpha:
+    elif main["p_value"] < settings.alpha:
         answer.update(claim="evidence", text=(
-            f"evidence at p = {main['median_p']:.2g} (median over {main['resamples']} resamplings of "
-            f"{main['n']} suspect against {main['n']} reference samples) that the suspect set was used in "
-            f"training, at level {settings.alpha}"))
+            f"evidence at p = {main['p_value']:.2g} (twice the median p over {main['resamples']} resamplings; "
+            f"{main['n']} suspect against {main['reference']} reference samples) that the suspect set was used "
+            f"in training, at level {settings.alpha}"))
     else:
         answer.update(claim="no evidence", text=(
-            f"no evidence at level {settings.alpha} that the suspect set was used in training (median p = "
-            f"{main['median_p']:.2g} over {main['resamples']} resamplings of {main['n']} against {main['n']})"))
+            f"no evidence at level {settings.alpha} that the suspect set was used in training (p = "
+            f"{main['p_value']:.2g}: twice the median p over {main['resamples']} resamplings of {main['n']} "
+            f"suspect against {main['reference']} reference samples)"))
     return answer
 
 

@@ -19,11 +19,10 @@ from mia.attacks.base import Attack
 from mia.audit.features import collect_features
 from mia.audit.inference import InferenceSettings, infer
 from mia.audit.result import AuditResult
-from mia.audit.sets import sets_from_folders, sets_from_split
+from mia.audit.sets import check_sets, sets_from_folders, sets_from_split
 from mia.config import build, config_dir
 from mia.controls.blind import blind_control as run_blind_control
 from mia.data.evaluation_set import EvaluationSet
-from mia.errors import MiaError
 from mia.reporting.provenance import provenance
 from mia.scoring.engine import ScoringSettings
 from mia.targets.base import DiffusionTarget
@@ -49,9 +48,7 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
     conf/audit/audit.yaml's); ``settings``: the test's knobs; ``scoring``: as for ``mia.run_attack``.
     """
     settings = settings or InferenceSettings()
-    if bool(suspect) != bool(reference):
-        raise MiaError("give both data.suspect and data.reference (folders of images), or neither (the target's "
-                       "split: its members or non-members as suspects, its other non-members as reference)")
+    check_sets(suspect, reference)
     if evalset is None:
         evalset = evaluation_set(target, suspect, reference, **data)
     scoring = scoring or ScoringSettings(trainer_factory())
@@ -70,11 +67,12 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
         **({"features_skipped": features.skipped} if features.skipped else {}),
         "queries_per_sample": features.queries_per_sample,
         "queries_this_run": features.queries_this_run,
-        "settings": {"folds": settings.folds, "resamples": settings.resamples, "permutations": settings.permutations,
-                     "alpha": settings.alpha, "false_alarm_level": settings.false_alarm_level,
-                     "max_false_alarms": settings.max_false_alarms, "seed": settings.seed,
-                     "scorer": "standardised logistic regression, cross-fitted",
-                     "tests": "one-sided Welch's t-test (suspect > reference); permutation test beside it"},
+        "settings": {"scorer": settings.scorer, "folds": settings.folds, "resamples": settings.resamples,
+                     "permutations": settings.permutations, "alpha": settings.alpha,
+                     "false_alarm_level": settings.false_alarm_level, "max_false_alarms": settings.max_false_alarms,
+                     "seed": settings.seed, "model": "standardised logistic regression, classes balanced",
+                     "tests": "one-sided Welch's t-test (suspect > reference); permutation test beside it",
+                     "p_value": "twice the median over the resamplings (Meinshausen, Meier and Bühlmann 2009)"},
         "evaluation_set": evalset.record,
         "provenance": provenance(features.device, target.identity, target.split if not suspect else None),
     }

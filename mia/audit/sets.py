@@ -30,6 +30,13 @@ class AuditSets:
     record: dict[str, Any]  # where each set came from (audit.json)
 
 
+def check_sets(suspect: object, reference: object) -> None:
+    """Both folders, or neither (the target's split)."""
+    if bool(suspect) != bool(reference):
+        raise MiaError("give both data.suspect and data.reference (folders of images), or neither (the target's "
+                       "split: its members or non-members as suspects, its other non-members as reference)")
+
+
 def _seeded_order(ids: list[str], rows: np.ndarray, seed: int) -> np.ndarray:
     """``rows`` ranked by a seeded hash of their ids: a draw that does not depend on the set's order."""
     return np.array(sorted(rows, key=lambda r: hashlib.sha256(f"{seed}\0{ids[r]}".encode()).digest()), dtype=int)

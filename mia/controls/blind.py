@@ -45,15 +45,20 @@ def cross_fitted(features: np.ndarray, labels: np.ndarray, folds: int, seed: int
 
 def blind_control(evalset: EvaluationSet, folds: int = 5, seed: int = 0, bootstrap: int = 1000,
                   confidence: float = 0.95) -> dict[str, Any]:
-    """The control's record: AUC and interval of the model-free classifier, and whether the sets differ."""
+    """The control's record: AUC and interval of the model-free classifier, and whether the sets differ.
+
+    The interval is its own (``bootstrap`` resamples, whatever metrics.bootstrap says): the verdict needs one.
+    """
+    if bootstrap < 1:
+        raise ValueError("the blind control decides by its AUC's interval: it needs bootstrap resamples")
     labels = evalset.labels.numpy().astype(int)
     smallest = int(min(labels.sum(), len(labels) - labels.sum()))
     if smallest < folds:
         return {"ran": False, "reason": f"{smallest} samples in the smaller set, fewer than the {folds} folds"}
     features = evaluation_features(evalset)
     measured = evaluate(cross_fitted(features, labels, folds, seed), labels, bootstrap, confidence, seed)
-    low = measured["auc_ci"][0] if "auc_ci" in measured else measured["auc"]
-    record = {"ran": True, "auc": measured["auc"], "auc_ci": measured.get("auc_ci"), "folds": folds,
+    low = measured["auc_ci"][0]
+    record = {"ran": True, "auc": measured["auc"], "auc_ci": measured["auc_ci"], "folds": folds,
               "features": int(features.shape[1]), "differs": bool(low > 0.5)}
     if record["differs"]:
         record["warning"] = (f"the two sets differ without the model: a classifier that never queries it separates "

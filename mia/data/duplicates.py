@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -102,17 +103,56 @@ def separate_folders(members: FolderPool, nonmembers: FolderPool) -> None:
         )
 
 
+@dataclass
+class Exclusion:
+    """Samples a split must not draw: those of other splits (by id), and any pixel copy of them."""
+
+    ids: set[str] = field(default_factory=set)
+    pixels: set[bytes] = field(default_factory=set)
+    record: dict[str, Any] = field(default_factory=dict)  # what split.json keeps of it
+
+
+def exclusion(paths: Sequence[str] | None, pool: ImagePool, data_config: Mapping[str, Any]) -> Exclusion | None:
+    """``split.exclude``: the members and non-members of these split.json files, read from ``pool``.
+
+    A reference or shadow model trained on a split drawn without them never saw a target's evaluation samples,
+    not even as a pixel copy under another id (CIFAR-10 has some).
+    """
+    if not paths:
+        return None
+    excluded: list[str] = []
+    for path in paths:
+        split = Split.load(path)
+        name = split.dataset.get("name")
+        if name != data_config.get("name"):
+            raise MiaError(f"split.exclude: {path} is a split of the {name} dataset, not of {data_config.get('name')}; "
+                           "its samples cannot be told apart in this pool")
+        excluded += split.members + split.nonmembers
+    position = {sample_id: i for i, sample_id in enumerate(pool.ids)}
+    missing = [i for i in excluded if i not in position]
+    if missing:
+        raise MiaError(f"split.exclude: {len(missing)} of its samples (e.g. {missing[0]}) are not in the dataset at "
+                       f"{data_config.get('root')}; give the data.root those splits were drawn from")
+    images, _ = load_images(pool, [position[i] for i in excluded])
+    return Exclusion(set(excluded), {pixel_digest(image) for image in images},
+                     {"splits": [str(p) for p in paths], "samples": len(set(excluded))})
+
+
 def draw_distinct_split(
-    pool: ImagePool, data_config: Mapping[str, Any], members: int | None, nonmembers: int | None, seed: int
+    pool: ImagePool, data_config: Mapping[str, Any], members: int | None, nonmembers: int | None, seed: int,
+    exclude: Exclusion | None = None,
 ) -> tuple[Split, torch.Tensor, torch.Tensor]:
     """A seeded split of distinct images, with the members' and non-members' images (uint8) decoded once.
 
     Samples are taken in the seeded order; one whose pixels equal an already drawn one's is skipped and
     the next is taken, so the split keeps its sizes. A pool without duplicates gets exactly the split of
-    ``make_split``. ``None`` sizes mean half of the pool's distinct images each.
+    ``make_split``. ``None`` sizes mean half of the pool's distinct images each (less what ``exclude`` holds).
+    ``exclude``: samples never drawn, nor any pixel copy of them.
     """
-    split_sizes(len(pool), members, nonmembers)  # bad sizes stop here, before any image is read
+    split_sizes(len(pool) - (len(exclude.ids) if exclude else 0), members, nonmembers)  # before any image is read
     order = draw_order(len(pool), seed)
+    if exclude is not None:
+        order = order[[pool.ids[int(i)] not in exclude.ids for i in order]]
     wanted = None if members is None or nonmembers is None else members + nonmembers
     kept: list[int] = []
     images: list[torch.Tensor] = []
@@ -125,7 +165,11 @@ def draw_distinct_split(
         chunk = [int(i) for i in order[position:stop]]
         decoded, contents = load_images(pool, chunk)
         for index, image, raw in zip(chunk, decoded, contents, strict=True):
-            first = first_seen.setdefault(pixel_digest(image), index)
+            digest = pixel_digest(image)
+            if exclude is not None and digest in exclude.pixels:  # a copy of an excluded sample under another id
+                exclude.record["pixel_copies"] = exclude.record.get("pixel_copies", 0) + 1
+                continue
+            first = first_seen.setdefault(digest, index)
             if first != index:
                 skipped[pool.ids[index]] = pool.ids[first]
                 continue
@@ -152,6 +196,7 @@ def draw_distinct_split(
         dataset=dict(data_config, fingerprint=fingerprint(ids, raws[:chosen], captions_of(pool, kept[:chosen])),
                      pool_size=len(pool)),
         duplicates={"rule": RULE, "left_out": dict(sorted(left_out.items()))},
+        excluded=exclude.record if exclude is not None else {},
     )
     split.check()
     return split, stacked[:n_members], stacked[n_members:]

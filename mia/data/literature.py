@@ -88,6 +88,9 @@ def imported_indices(split_cfg: Mapping[str, Any], pool: ImagePool) -> tuple[np.
                            f"split.import_from the file fixes the split (set split.{key}=null)")
     if split_cfg.get("seed"):
         raise MiaError("split.seed does not apply with split.import_from (the file fixes the members); leave it 0")
+    if split_cfg.get("exclude"):
+        raise MiaError("split.exclude applies to a seeded draw; with split.import_from the file fixes the split "
+                       "(leave split.exclude empty)")
     log.info("split from %s: %d members, %d non-members", path, len(members), len(nonmembers))
     return members, nonmembers
 

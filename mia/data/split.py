@@ -82,6 +82,7 @@ class Split:
     # The exact-duplicate check made when the split was drawn ({} = none was made: a split of mia 0.1).
     duplicates: dict[str, Any] = field(default_factory=dict)
     captions: dict[str, str] | None = None  # id -> caption of every sample, for captioned data (None: none)
+    excluded: dict[str, Any] = field(default_factory=dict)  # split.exclude: the splits it was drawn without
 
     def check(self) -> None:
         """Members and non-members must be distinct, non-empty and disjoint."""
@@ -134,6 +135,8 @@ class Split:
         record = asdict(self)
         # Provenance first, then the (long) id lists, one line each.
         head = {key: record[key] for key in ("format", "dataset", "seed", "duplicates")}
+        if self.excluded:
+            head["excluded"] = self.excluded
         lines = json.dumps(head, indent=1)[:-2]
         for key in ("members", "nonmembers"):
             lines += f',\n "{key}": {json.dumps(record[key])}'
@@ -159,6 +162,7 @@ class Split:
             format=record.get("format", SPLIT_FORMAT),
             duplicates=record.get("duplicates", {}),
             captions=record.get("captions"),  # records without captions: unconditional
+            excluded=record.get("excluded", {}),
         )
         split.check()
         return split

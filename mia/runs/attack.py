@@ -95,6 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile:
         check_profiled(attack)
     target: DiffusionTarget = build(cfg.target)
+    target.check_guidance(attack.guidance_scale)
+    attack.check(target)  # settings that do not fit the target stop the run before any image is read
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
     evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)

@@ -13,6 +13,7 @@ from mia.api import evaluation_set
 from mia.audit.inference import InferenceSettings
 from mia.audit.result import AUDIT_FILE, AuditResult
 from mia.audit.run import run_audit
+from mia.audit.sets import check_sets
 from mia.checks import require_bool, require_integer, require_number
 from mia.config import build, build_loggers
 from mia.errors import MiaError
@@ -37,8 +38,9 @@ def inference_settings(audit: DictConfig) -> InferenceSettings:
     if sizes is not None:
         for i, n in enumerate(sizes):
             require_integer(f"audit.sizes[{i}]", n, minimum=1)
-    return InferenceSettings(folds=audit.folds, resamples=audit.resamples, permutations=audit.permutations,
-                             alpha=audit.alpha, sizes=None if sizes is None else list(sizes),
+    return InferenceSettings(scorer=audit.scorer, folds=audit.folds, resamples=audit.resamples,
+                             permutations=audit.permutations, alpha=audit.alpha,
+                             sizes=None if sizes is None else list(sizes),
                              false_alarm_level=audit.false_alarm_level, max_false_alarms=audit.max_false_alarms,
                              seed=audit.seed)
 
@@ -68,8 +70,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """One audit from its composed config; returns audit.json's content."""
     settings = check_audit(cfg)
     features = {name: build(node, _convert_="all") for name, node in cfg.audit.features.items() if node is not None}
-    target = build(cfg.target)
     data = cfg.data
+    check_sets(data.get("suspect"), data.get("reference"))
+    target = build(cfg.target)
     evalset = evaluation_set(target, data.get("suspect"), data.get("reference"), root=data.get("root"),
                              image_size=data.get("image_size"), max_members=data.get("max_members"),
                              max_nonmembers=data.get("max_nonmembers"), caption=data.get("caption"),
@@ -95,8 +98,8 @@ def report(cfg: DictConfig, result: AuditResult) -> None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             log_audit_to_wandb(logger, result.to_dict(), figure)
             logger.experiment.finish()
-    rows = "\n".join(f"  n = {row['n']:<6} median p = {row['median_p']:.3g}  [{row['p_q25']:.3g}, {row['p_q75']:.3g}]"
-                     for row in result.sizes)
+    rows = "\n".join(f"  n = {row['n']:<6} p = {row['p_value']:.3g}  (median {row['median_p']:.3g}, interquartile "
+                     f"[{row['p_q25']:.3g}, {row['p_q75']:.3g}])" for row in result.sizes)
     control = result.control[-1]
     log.info("p-value against the set size (suspect vs reference):\n%s\n  control (reference vs reference, n = %d): "
              "%.0f%% of p-values below %s", rows, control["n"], 100 * control["fraction_below_level"],
