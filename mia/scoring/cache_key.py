@@ -9,7 +9,8 @@
   - the attack's class and its bases, and every module the attack's module imports from (mia's or a
     plugin's), and any module outside the libraries below that defines the target's or its denoiser's class;
 * the libraries under that code: torch, diffusers, numpy, transformers and lightning versions;
-* what is attacked: the target's identity (a digest of its weights and schedule) and the samples' digest;
+* what is attacked: the target's identity (a digest of its weights and schedule), the rows per denoiser pass
+  (``target.micro_batch``: the round-off of the predictions depends on it) and the samples' digest;
 * the settings the predictions depend on (the attack's ``prediction_settings``: NA's all but the statistic
   and δ, a learned attack's those of its features, other attacks' all), the device type and the precision.
 
@@ -109,6 +110,7 @@ def cache_key(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, t
         "attack": attack.name,
         "settings": attack.prediction_settings(),
         "target": target.identity,
+        "micro_batch": target.micro_batch,
         "samples": evalset.digest,
         "device": trainer.strategy.root_device.type,
         "precision": str(trainer.precision),

@@ -2,11 +2,14 @@
 
 Attacks call nothing else of a model (docs/architecture.md, "the target interface"). A target kind (pixel
 pipeline, memoriser, ...) is a loader that builds one of these around its denoiser. Queries are counted by
-a forward pre-hook on the denoiser itself, so an attack cannot under-report them.
+a forward pre-hook on the denoiser itself, so an attack cannot under-report them. The denoiser always sees
+batches of ``micro_batch`` rows, so a sample's prediction does not depend on the batch it came in
+(docs/method.md, "batch invariance").
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -14,6 +17,19 @@ from torch import nn
 
 from mia.data.split import Split
 from mia.errors import MiaError
+
+# A default micro-batch (rows per denoiser pass) is the largest power of two up to MAX_MICRO_BATCH whose
+# inputs hold at most MICRO_BATCH_VALUES numbers: 64 rows for 8x8 to 32x32 images (the default
+# data.batch_size, so at the defaults only a run's last batch is padded), 16 for 64x64x3 or Stable
+# Diffusion's 4x64x64 latents, fewer for larger inputs (a pass's memory stays bounded).
+MAX_MICRO_BATCH = 64
+MICRO_BATCH_VALUES = 1 << 18
+
+
+def default_micro_batch(sample_shape: tuple[int, ...]) -> int:
+    """Rows per denoiser pass for inputs of ``sample_shape`` (see MICRO_BATCH_VALUES)."""
+    rows = max(1, MICRO_BATCH_VALUES // math.prod(sample_shape))
+    return min(MAX_MICRO_BATCH, 1 << (rows.bit_length() - 1))
 
 
 class DiffusionTarget(nn.Module):
@@ -47,14 +63,20 @@ class DiffusionTarget(nn.Module):
         # stored in float64 so that the coefficients derived from it add no rounding of their own.
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float64), persistent=False)
         self.sample_shape = tuple(int(s) for s in sample_shape)
+        # The denoiser always sees this many rows (the last pass padded): float32 round-off depends on the
+        # batch's shape, and NA's differences of nearly equal predictions show it. None: the batch as given.
+        self.micro_batch: int | None = default_micro_batch(self.sample_shape)
         self.name = name
         self.identity = identity  # a digest of the weights and schedule; keys the prediction cache ("" = none)
         self.queries = 0  # sample-forwards since construction (or since reset_queries)
+        self._real_rows = (1, 1)  # (real, all) rows of the pass under way: padding rows are not queries
         self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
-        self.queries += int(sample.shape[0])
+        real, rows = self._real_rows
+        # Guidance passes each row twice (2 queries per sample), so count the real share of what is seen.
+        self.queries += int(sample.shape[0]) * real // rows
 
     def reset_queries(self) -> None:
         self.queries = 0
@@ -95,12 +117,25 @@ class DiffusionTarget(nn.Module):
         return self.denoiser(x_t, timesteps).sample
 
     def predict_noise(self, x_t: torch.Tensor, t: int, cond: Any = None) -> torch.Tensor:
-        """``ε_θ(x_t, t[, cond])`` for a batch at one timestep, as float32."""
+        """``ε_θ(x_t, t[, cond])`` for a batch at one timestep, as float32, one query per sample.
+
+        The batch runs in passes of ``micro_batch`` rows, the last one padded (see ``_padded``).
+        """
         if not 0 <= t < self.num_timesteps:
             raise MiaError(f"timestep {t} is outside the model's schedule 0..{self.num_timesteps - 1}")
-        timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         weight = next(self.denoiser.parameters(), None)  # none for the closed-form memoriser, which takes float64
-        eps = self.denoise(x_t if weight is None else x_t.to(weight.dtype), timesteps, cond).float()
+        x_t = x_t if weight is None else x_t.to(weight.dtype)
+        size = self.micro_batch
+        if size is None:
+            eps = self._pass(x_t, t, cond, len(x_t))
+        else:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"micro_batch must be a positive integer or None, got {size!r}")
+            parts = []
+            for start in range(0, len(x_t), size):
+                rows, rows_cond = _padded(x_t, cond, start, size)
+                parts.append(self._pass(rows, t, rows_cond, min(size, len(x_t) - start)))
+            eps = torch.cat(parts)
         if not torch.isfinite(eps).all():
             bad = int((~torch.isfinite(eps.flatten(1))).any(1).sum())
             raise MiaError(
@@ -109,9 +144,44 @@ class DiffusionTarget(nn.Module):
             )
         return eps
 
+    def _pass(self, x_t: torch.Tensor, t: int, cond: Any, real: int) -> torch.Tensor:
+        """One denoiser pass whose first ``real`` rows are samples and the rest padding; ε of the real rows."""
+        timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        self._real_rows = (real, len(x_t))
+        try:
+            return self.denoise(x_t, timesteps, cond)[:real].float()
+        finally:
+            self._real_rows = (1, 1)
+
     def encode(self, images: torch.Tensor, noise: Any = None) -> torch.Tensor:
         """Images in [-1, 1] -> the x0 the denoiser works on (identity for pixel-space models).
 
         ``noise`` is the batch's per-sample seeded noise (a SampleNoise), for encoders that draw.
         """
         return images
+
+
+def _padded(x_t: torch.Tensor, cond: Any, start: int, size: int) -> tuple[torch.Tensor, Any]:
+    """Rows ``start .. start+size`` of a batch and its condition, the last real row repeated past its end.
+
+    At one fixed shape a row's output does not depend on its position or on the other rows (checked in
+    tests/test_batch_invariance.py), so what the padding holds does not matter; repeating a real row keeps
+    the denoiser's input in the range it was trained on.
+    """
+    if start == 0 and len(x_t) == size:  # the whole batch is one pass: no copy
+        return x_t, cond
+    rows = padded_rows(len(x_t), start, size).to(x_t.device)
+    if cond is None:
+        return x_t[rows], None
+    if isinstance(cond, torch.Tensor):
+        return x_t[rows], cond[rows.to(cond.device)]
+    if hasattr(cond, "rows"):  # mia.targets.guidance.Condition
+        return x_t[rows], cond.rows(rows)
+    raise TypeError(f"a condition of type {type(cond).__name__} cannot be split into micro-batches; give it a "
+                    "rows(index) method, or set the target's micro_batch to None")
+
+
+def padded_rows(count: int, start: int, size: int) -> torch.Tensor:
+    """The row indices ``start .. start+size`` of a batch of ``count`` rows, the last real one repeated past its end."""
+    rows = torch.arange(start, min(start + size, count))
+    return torch.cat([rows, rows[-1:].expand(size - len(rows))])

@@ -26,6 +26,11 @@ class Condition:
     def __len__(self) -> int:
         return len(self.value)
 
+    def rows(self, index: torch.Tensor) -> Condition:
+        """The rows ``index`` (repeats allowed) of this condition, with the same null and scale."""
+        captions = None if self.captions is None else [self.captions[i] for i in index.tolist()]
+        return Condition(self.value[index.to(self.value.device)], self.null, self.guidance_scale, captions)
+
 
 def guided(forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
            timesteps: torch.Tensor, cond: Condition) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mia.errors import MiaError
-from mia.targets.base import DiffusionTarget
+from mia.targets.base import DiffusionTarget, padded_rows
 from mia.targets.guidance import Condition, guided
 from mia.targets.identity import file_digest
 from mia.targets.schedule import Schedule, read_schedule
@@ -31,7 +31,9 @@ COMPONENTS = {
     "scheduler": (),  # any DDPM-family class (mia.targets.schedule)
 }
 LATENT_MODES = ("mean", "sample")
-ENCODE_CHUNK = 8  # images per VAE pass: a 512 px encoder's activations for a whole batch would not fit
+# Rows per VAE or text-encoder pass (a 512 px encoder's activations for a whole batch would not fit), the
+# last pass padded: their round-off depends on the pass's shape too (docs/method.md, "batch invariance").
+ENCODE_CHUNK = 8
 # The SampleNoise stream of the ``target.latent=sample`` draw: far from the small streams attacks use.
 LATENT_STREAM = 1 << 40
 
@@ -105,9 +107,12 @@ class LatentTextTarget(DiffusionTarget):
         weight = next(self.vae.parameters())
         means, stds = [], []
         for start in range(0, len(images), ENCODE_CHUNK):
-            posterior = self.vae.encode(images[start:start + ENCODE_CHUNK].to(weight)).latent_dist
-            means.append(posterior.mean.float())
-            stds.append(posterior.std.float())
+            real = min(ENCODE_CHUNK, len(images) - start)
+            rows = padded_rows(len(images), start, ENCODE_CHUNK).to(images.device)
+            posterior = self.vae.encode(images[rows].to(weight)).latent_dist
+            self.encoder_passes -= ENCODE_CHUNK - real  # the padding rows are not samples
+            means.append(posterior.mean[:real].float())
+            stds.append(posterior.std[:real].float())
         z = torch.cat(means)
         if self.latent == "sample":  # latent_dist.sample(), with the sample's own seeded draw
             z = z + torch.cat(stds) * noise.randn(z.shape[1:], stream=LATENT_STREAM, device=z.device)
@@ -127,9 +132,15 @@ class LatentTextTarget(DiffusionTarget):
                 log.warning("captions longer than the text encoder's %d tokens are truncated, as the pipeline does "
                             "(%d in the first batch that has any)", self.tokenizer.model_max_length, longer)
         device = next(self.text_encoder.parameters()).device
-        mask = tokens.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask", False) \
-            else None
-        return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        masked = getattr(self.text_encoder.config, "use_attention_mask", False)
+        parts = []
+        for start in range(0, len(captions), ENCODE_CHUNK):
+            real = min(ENCODE_CHUNK, len(captions) - start)
+            rows = padded_rows(len(captions), start, ENCODE_CHUNK)
+            mask = tokens.attention_mask[rows].to(device) if masked else None
+            parts.append(self.text_encoder(tokens.input_ids[rows].to(device), attention_mask=mask)[0][:real])
+            self.text_encoder_passes -= ENCODE_CHUNK - real  # the padding rows are not captions
+        return torch.cat(parts)
 
     def null_embedding(self) -> torch.Tensor:
         """The empty prompt's embedding [1, L, D], encoded once per run."""
