@@ -159,6 +159,12 @@ def apply_lora(target: LatentTextTarget, base: Path, adapter: str | Path, scale:
         raise MiaError(f"the LoRA adapter {file} addresses {', '.join(foreign)}, which a StableDiffusionPipeline does "
                        "not have (an adapter of another model family, e.g. SDXL's text_encoder_2); mia cannot apply it")
     pipeline = _pipeline(target)
+    # diffusers warns "No LoRA keys associated to CLIPTextModel" for every UNet-only adapter (the usual kind):
+    # not a problem here, where what loaded is checked against the file below.
+    quiet = logging.getLogger("diffusers.loaders.lora_base")
+    level = quiet.level
+    if not expected["text_encoder"]:
+        quiet.setLevel(logging.ERROR)
     try:
         pipeline.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER_NAME,
                                    local_files_only=True)
@@ -169,6 +175,8 @@ def apply_lora(target: LatentTextTarget, base: Path, adapter: str | Path, scale:
                            "pass the base it was trained on as target.path") from err
         raise MiaError(f"the LoRA adapter {file} does not fit the base model {base} ({_first_line(err)[:200]}); "
                        "pass the base it was trained on as target.path") from err
+    finally:
+        quiet.setLevel(level)
     loaded = {"unet": _loaded_keys(target.denoiser), "text_encoder": _loaded_keys(target.text_encoder)}
     missing = sorted(f"{c}.{key}" for c in COMPONENTS for key in expected[c] - loaded[c])
     total = sum(len(keys) for keys in expected.values())
