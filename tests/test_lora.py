@@ -137,6 +137,22 @@ def test_resume_continues_from_the_adapter_and_refuses_another_base(lora_run, tm
     assert not (tmp_path / "elsewhere" / "target").exists()
 
 
+def test_adapters_on_the_text_encoder_too(lora_run, tmp_path: Path):
+    overrides = [*LORA, f"data.root={lora_run['data']}", f"target.base={lora_run['base']}", "trainer.max_steps=2",
+                 "target.train_text_encoder=true", "~callbacks.ema"]
+    info = train(compose_config("train", overrides, tmp_path / "run"))
+    assert info["lora"]["text_encoder_target_modules"] == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    saved = load_file(tmp_path / "run" / "target" / "pytorch_lora_weights.safetensors")
+    assert {key.split(".", 1)[0] for key in saved} == {"unet", "text_encoder"}
+    pipeline = StableDiffusionPipeline.from_pretrained(lora_run["base"], safety_checker=None)
+    pipeline.load_lora_weights(tmp_path / "run" / "target")
+    assert any("lora_B" in k for k in pipeline.text_encoder.state_dict())
+    target = load_folder(str(lora_run["base"]), lora=str(tmp_path / "run" / "target"))
+    assert target.lora["components"] == ["unet", "text_encoder"]
+    base_text = load_folder(str(lora_run["base"])).text_encoder.state_dict()
+    assert any(not torch.equal(v, base_text[k]) for k, v in target.text_encoder.state_dict().items())  # fused in
+
+
 # --- attacking base + adapter ------------------------------------------------------------------------------
 
 

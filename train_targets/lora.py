@@ -109,6 +109,10 @@ class LoRATarget(TextToImageTarget):
         if train_text_encoder:
             self._attach("text_encoder_target_modules", "text encoder",
                          lambda: self._add_text_encoder_adapter(self._config(list(text_encoder_target_modules))))
+        # from_pretrained leaves the parts in eval mode and Lightning keeps a module's mode; the script trains
+        # with unet.train() (and text_encoder.train() when it has adapters), so lora_dropout is live in training.
+        self.unet.train()
+        self.text_encoder.train(train_text_encoder)
         log.info("LoRA on %s: rank %d, α %s, %d trained parameters (base frozen)", path, rank, self.alpha,
                  self.parameter_count())
 
