@@ -2,7 +2,9 @@
 
 1. attack overhead: NA's wall time over an evaluation set / (k x plain batched UNet forwards over it);
    goal <= 1.10. The same for a latent text-to-image target: NA / (k UNet forwards + one VAE encode and one
-   text-encoder pass per sample, the least a conditional prediction needs); goal <= 1.10.
+   text-encoder pass per sample, the least a conditional prediction needs); goal <= 1.10. And for a LoRA
+   fine-tune of that target: NA on base + live adapter / NA on the merged model (what target.lora_merge=true,
+   the default, attacks); goal <= 1.10, with the two runs' largest score difference beside it.
 2. training throughput: mia-train's steps per second / a minimal PyTorch loop with the same diffusers UNet,
    batch and data; goal >= 0.95.
 3. memory: peak resident memory of an attack over 8,000 samples / over 1,000; goal <= 1.2 (each in a
@@ -180,6 +182,24 @@ def make_captioned_images(root: Path, count: int, size: int) -> None:
     (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def latent_target(work: Path, samples: int) -> Path:
+    """A text-to-image target of the demo's model size (one training step: speed only), made once per run."""
+    from train_targets.train import train
+
+    target = work / "latent_run" / "target"
+    if target.is_dir():
+        return target
+    make_captioned_images(work / "captioned", samples + 64, 32)  # 64 outside the split: the autoencoder's
+    train(config("train", [
+        "data=captioned_folder", f"data.root={work / 'captioned'}", "data.image_size=32",
+        "target=text_to_image_small", f"split.members={samples // 2}", f"split.nonmembers={samples // 2}",
+        "batch_size=16", "probe_size=4", "logger=none", "trainer.max_steps=1", "trainer.val_check_interval=2",
+        "target.autoencoder.steps=1", "target.sample_count=0", "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=100000",
+    ], work / "latent_run"))
+    return target
+
+
 def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     """NA through mia on a latent text-to-image target over its plain parts: k UNet passes, one VAE encode
     and one text-encoder pass per sample (the demo's model size, one training step: speed only)."""
@@ -189,17 +209,8 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     from mia.data.images import to_model_range
     from mia.runs.attack import scoring_settings
     from mia.scoring.engine import predict
-    from train_targets.train import train
 
-    make_captioned_images(work / "captioned", samples + 64, 32)  # 64 outside the split: the autoencoder's
-    train(config("train", [
-        "data=captioned_folder", f"data.root={work / 'captioned'}", "data.image_size=32",
-        "target=text_to_image_small", f"split.members={samples // 2}", f"split.nonmembers={samples // 2}",
-        "batch_size=16", "probe_size=4", "logger=none", "trainer.max_steps=1", "trainer.val_check_interval=2",
-        "target.autoencoder.steps=1", "target.sample_count=0", "trainer.enable_progress_bar=false",
-        "callbacks.model_checkpoint.every_n_train_steps=100000",
-    ], work / "latent_run"))
-    cfg = config("attack", [f"target.path={work / 'latent_run' / 'target'}", "cache.enabled=false", "logger=none",
+    cfg = config("attack", [f"target.path={latent_target(work, samples)}", "cache.enabled=false", "logger=none",
                             "trainer.enable_progress_bar=false"], work / "latent_overhead")
     attack = NoiseAggregation()
     target = build(cfg.target)
@@ -230,6 +241,51 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     ratio = na_time / plain_time
     return {"na_seconds": na_time, "plain_seconds": plain_time, "k": attack.k, "samples": len(evalset),
             "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
+
+
+def lora_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
+    """NA on a LoRA fine-tune with the adapter layers live / NA on the same adapter merged into the weights.
+
+    The base is the latent target above; the adapter is mia-train's (target=lora, rank 4 on the UNet's attention
+    projections, 2 steps at a high learning rate so that it moves the weights: speed only, and the score check).
+    """
+    from mia.attacks import NoiseAggregation
+    from mia.config import build
+    from mia.data.evaluation_set import evaluation_set_for
+    from mia.runs.attack import scoring_settings
+    from mia.scoring.engine import predict
+    from train_targets.train import train
+
+    base = latent_target(work, samples)
+    train(config("train", [
+        "data=captioned_folder", f"data.root={work / 'captioned'}", "data.image_size=32", "target=lora",
+        f"target.base={base}", "target.lr=1e-2", f"split.members={samples // 2}", f"split.nonmembers={samples // 2}",
+        "batch_size=16", "probe_size=4", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=3",
+        "target.sample_count=0", "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=100000",
+    ], work / "lora_run"))
+    attack = NoiseAggregation()
+    runs, scores = {}, {}
+    for merge in (True, False):
+        cfg = config("attack", [f"target.path={base}", f"target.lora={work / 'lora_run' / 'target'}",
+                                f"target.lora_merge={str(merge).lower()}", "cache.enabled=false", "logger=none",
+                                "trainer.enable_progress_bar=false"], work / f"lora_overhead_{merge}")
+        target = build(cfg.target)
+        # Decoded once up front (not streamed), as in latent_overhead_ratio: the ratio is the model's cost.
+        evalset = evaluation_set_for(cfg.data, target.image_shape, target.split, target.source, target.conditioning)
+
+        def timed(target=target, evalset=evalset, cfg=cfg, merge=merge) -> float:
+            predicted = predict(attack, target, evalset, scoring_settings(cfg))
+            scores[merge] = predicted.features
+            return predicted.seconds
+
+        runs[merge] = timed
+    live_time, merged_time = best_interleaved(runs[False], runs[True], repeats)
+    ratio = live_time / merged_time
+    difference = float(np.max(np.abs(scores[True] - scores[False])))
+    return {"na_seconds_live": live_time, "na_seconds_merged": merged_time, "k": attack.k,
+            "samples": len(scores[True]), "ratio": ratio, "max_score_difference": difference,
+            "goal": "<= 1.10", "met": ratio <= 1.10}
 
 
 def attack_memory(target_dir: Path, work: Path, per_class: int) -> dict:
@@ -275,7 +331,7 @@ def main() -> None:
     parser.add_argument("--overhead-samples", type=int, default=512)
     parser.add_argument("--latent-samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", choices=["latent"], help="run one ratio only (others are kept from --out)")
+    parser.add_argument("--only", choices=["latent", "lora"], help="run one ratio only (others are kept from --out)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "speed.json",
                         help="the results (kept in the repository: docs/results.md is written from it)")
     args = parser.parse_args()
@@ -287,15 +343,20 @@ def main() -> None:
     results["machine"] = machine
     with tempfile.TemporaryDirectory(prefix="mia-bench-") as tmp:
         work = Path(tmp)
-        if args.only != "latent":
+        if args.only is None:
             pixel_ratios(results, work, args)
-        log.info("latent attack overhead (%d samples) ...", args.latent_samples)
-        results["latent_overhead"] = latent_overhead_ratio(work, args.latent_samples, args.repeats)
+        if args.only in (None, "latent"):
+            log.info("latent attack overhead (%d samples) ...", args.latent_samples)
+            results["latent_overhead"] = latent_overhead_ratio(work, args.latent_samples, args.repeats)
+        if args.only in (None, "lora"):
+            log.info("LoRA attack overhead, live adapter / merged (%d samples) ...", args.latent_samples)
+            results["lora_overhead"] = lora_overhead_ratio(work, args.latent_samples, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nspeed benchmark ({results['machine']}); ratios within this run:")
     for name, key in (("attack overhead", "attack_overhead"), ("latent overhead", "latent_overhead"),
-                      ("training throughput", "training"), ("memory 8k / 1k", "memory")):
+                      ("LoRA live / merged", "lora_overhead"), ("training throughput", "training"),
+                      ("memory 8k / 1k", "memory")):
         if key not in results:
             continue
         entry = results[key]

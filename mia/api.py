@@ -214,7 +214,8 @@ def _tidy(value: float) -> int | float:
 
 def _what_was_attacked(attack: Attack, target: DiffusionTarget) -> dict[str, Any]:
     return {"attack": attack.name, "settings": attack.settings(), "target": target.source or target.name,
-            "target_kind": target.kind, "target_checkpoint": target.checkpoint}
+            "target_kind": target.kind, "target_checkpoint": target.checkpoint,
+            **({"target_lora": target.lora} if target.lora else {})}
 
 
 def _cost(predicted: Predictions, n: int) -> dict[str, Any]:

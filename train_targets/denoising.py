@@ -3,9 +3,9 @@
 A target subclasses ``DenoisingTarget`` and says only what differs: how a batch's images become x0
 (``encode``: pixels, VAE latents), what the denoiser is conditioned on (``condition``: nothing, captions),
 the network (``forward``), what trains (``trained_parameters``), how previews are sampled (``preview``),
-what is exported (``pipeline``) and what data it fits (``check_fits``). The training step, the
-member/non-member probe, the loss gap, the preview grids and the optimizer live here once, so every target
-draws its randomness in the same order and logs the same keys.
+what is exported (``pipeline``, or ``export`` when that is not a whole pipeline) and what data it fits
+(``check_fits``). The training step, the member/non-member probe, the loss gap, the preview grids and the
+optimizer live here once, so every target draws its randomness in the same order and logs the same keys.
 """
 
 from __future__ import annotations
@@ -86,6 +86,18 @@ class DenoisingTarget(L.LightningModule):
     def pipeline(self) -> DiffusionPipeline:
         """The diffusers pipeline that gets exported."""
         raise NotImplementedError
+
+    def export(self) -> Any:
+        """What mia-train writes to the target folder: an object with ``save_pretrained(folder)`` (the pipeline)."""
+        return self.pipeline()
+
+    def parameter_count(self) -> int:
+        """training.json's ``parameters``: those that learn the members (the denoiser's, by default)."""
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    def training_record(self) -> dict[str, Any]:
+        """What the target adds to training.json (e.g. a LoRA's base and rank); nothing by default."""
+        return {}
 
     def check_fits(self, channels: int, image_size: int) -> None:
         """Refuse data the model cannot take (a MiaError), before training starts."""

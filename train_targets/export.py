@@ -1,4 +1,4 @@
-"""Export a trained target: a diffusers pipeline folder plus ``split.json`` (docs/architecture.md)."""
+"""Export a trained target: a diffusers pipeline folder (or a LoRA adapter), ``split.json`` (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ def check_export_dir(path: str | Path, overwrite: bool) -> Path:
 
 
 def export_target(
-    pipeline: DiffusionPipeline,
+    pipeline: DiffusionPipeline | Any,
     split: Split,
     path: str | Path,
     info: dict[str, Any],
     overwrite: bool = False,
 ) -> Path:
     """Write the pipeline, ``split.json`` and ``training.json`` to a temporary folder, then move it into place.
+
+    ``pipeline`` is what the target exports (``DenoisingTarget.export``): anything with ``save_pretrained(folder)``,
+    a diffusers pipeline or a LoRA adapter (train_targets/lora.py).
 
     The move is the last step, so an interrupted export never leaves a half-written target behind.
     """

@@ -23,6 +23,7 @@ from mia.reporting.provenance import provenance
 from mia.runs.exit import run_or_exit
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
+from train_targets.lora import LoRATarget
 from train_targets.module import DDPMTarget
 from train_targets.privacy import PrivateTraining, dp_settings
 
@@ -102,6 +103,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     L.seed_everything(cfg.seed, workers=True)
     export_dir = check_export_dir(cfg.export_dir, cfg.overwrite)
     ckpt_path = resume_path(cfg.ckpt_path)
+    for key in cfg.target:
+        if OmegaConf.is_missing(cfg.target, key):  # e.g. target=lora without target.base
+            raise MiaError(f"target.{key} is not set; pass target.{key}=<value> (conf/train/target/)")
     dp = dp_settings(cfg.get("training", {}).get("dp"))  # a bad combination is refused here, before any work
     if dp is not None:
         check_trainer_for_dp(cfg)
@@ -124,6 +128,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 
     model: DDPMTarget = build(cfg.target, _convert_="all")  # a MiaError from the model's own checks: one line
+    if dp is not None and isinstance(model, LoRATarget):
+        raise MiaError("training.dp (DP-SGD) is not built for LoRA fine-tunes (target=lora): DP-SGD on the adapter "
+                       "parameters alone is a known defence, not wired here; train without training.dp or use "
+                       "target=ddpm_*")
     if dp is not None and not isinstance(model, DDPMTarget):
         raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
                        f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
@@ -145,7 +153,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
                        "wired into Lightning's DDP here)")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    n_params = sum(p.numel() for p in model.denoiser.parameters())
+    n_params = model.parameter_count()  # the denoiser's; a LoRA's adapters
     log.info("training %s (%.2f M parameters) on %d members for %d steps", type(model.denoiser).__name__,
              n_params / 1e6, len(split.members), cfg.trainer.max_steps)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -171,6 +179,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "config": OmegaConf.to_container(cfg, resolve=True),
         "provenance": provenance(device=str(trainer.strategy.root_device), split=split),
+        **model.training_record(),  # e.g. a LoRA's base (path and fingerprint), rank and alpha
     }
     if dp is not None:
         info["dp"] = model.privacy.spent()
@@ -180,7 +189,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
                  spent["noise_multiplier"], spent["max_grad_norm"], spent["accountant"])
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info
-    export_target(model.pipeline(), split, export_dir, info, overwrite=cfg.overwrite)
+    export_target(model.export(), split, export_dir, info, overwrite=cfg.overwrite)
     log.info(
         "trained %d steps (%.0f epochs over %d members, %.2f M parameters) in %.0f s; target: %s",
         steps, info["epochs"], len(split.members), n_params / 1e6, info["seconds"], export_dir,

@@ -62,6 +62,7 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
     inference = infer(values[sets.suspect], values[sets.reference], settings)
     details: dict[str, Any] = {
         "target": target.source or target.name, "target_kind": target.kind, "target_checkpoint": target.checkpoint,
+        **({"target_lora": target.lora} if target.lora else {}),
         **sets.record,
         "features": features.columns,
         **({"features_skipped": features.skipped} if features.skipped else {}),

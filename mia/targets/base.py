@@ -46,6 +46,7 @@ class DiffusionTarget(nn.Module):
     kind: str = "target"  # the loader's kind: pipeline, module, memorizer
     source: str = ""  # what was attacked: a folder, a weights file or a factory ("" = built in code)
     checkpoint: str | None = None  # the mia-train checkpoint whose weights replaced the folder's, if any
+    lora: dict[str, Any] | None = None  # the LoRA adapter put on the folder's weights (mia.targets.lora), if any
     split: Split | None = None  # the member split that labels the evaluation samples (None: give two folders)
     split_only: str | None = None  # why the target can be evaluated on its split only (None: folders are fine)
 

@@ -60,6 +60,7 @@ class LatentTextTarget(DiffusionTarget):
 
     conditioning = "text"
     is_latent = True
+    fingerprint: str | None = None  # sha256 over the folder's component files (folder_fingerprint), set by the loader
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, schedule: Schedule,
                  latent: str = "mean", name: str = "target", identity: str = "") -> None:
@@ -180,7 +181,8 @@ def _one_line(err: Exception) -> str:
     return text.splitlines()[0] if text else err.__class__.__name__
 
 
-def _check_components(path: Path, index: dict[str, Any]) -> None:
+def check_components(path: Path, index: dict[str, Any]) -> None:
+    """Refuse a folder that is not in the StableDiffusionPipeline format (a component missing, or of another class)."""
     if present(index, "text_encoder_2"):
         raise MiaError(f"{path} has two text encoders (a Stable Diffusion XL pipeline); mia attacks the "
                        "StableDiffusionPipeline format (one CLIP text encoder)")
@@ -205,7 +207,7 @@ def load_latent_target(path: str | Path, index: dict[str, Any], latent: str = "m
     path = Path(path).expanduser()
     if latent not in LATENT_MODES:
         raise MiaError(f"target.latent must be mean or sample, got {latent!r}")
-    _check_components(path, index)
+    check_components(path, index)
     schedule = read_schedule(path, index)
     loaders = {"unet": UNet2DConditionModel.from_pretrained, "vae": AutoencoderKL.from_pretrained,
                "text_encoder": CLIPTextModel.from_pretrained, "tokenizer": CLIPTokenizer.from_pretrained}
@@ -225,7 +227,19 @@ def load_latent_target(path: str | Path, index: dict[str, Any], latent: str = "m
     if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
         raise MiaError(f"{path}: the UNet attends to {unet.config.cross_attention_dim}-dim text embeddings but the "
                        f"text encoder makes {text_encoder.config.hidden_size}-dim ones; the components do not match")
-    files = sorted(p for c in COMPONENTS for p in (path / c).rglob("*") if p.is_file())
-    identity = file_digest(*files) + f":latent={latent}"
-    return LatentTextTarget(unet, vae, text_encoder, parts["tokenizer"], schedule, latent, name=path.name,
-                            identity=identity)
+    digest = file_digest(*component_files(path))
+    target = LatentTextTarget(unet, vae, text_encoder, parts["tokenizer"], schedule, latent, name=path.name,
+                              identity=f"{digest}:latent={latent}")
+    target.fingerprint = f"sha256:{digest}"
+    return target
+
+
+def component_files(path: Path) -> list[Path]:
+    """Every file of the folder's components (unet/, vae/, text_encoder/, tokenizer/, scheduler/), in order."""
+    return sorted(p for c in COMPONENTS for p in (path / c).rglob("*") if p.is_file())
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """``sha256:<hex>`` over the bytes of a Stable Diffusion folder's components: the weights and configs that make
+    its predictions (the loader's identity digest), not split.json or training.json beside them."""
+    return f"sha256:{file_digest(*component_files(Path(path).expanduser()))}"
