@@ -37,7 +37,9 @@ def test_shifted_suspects_are_found_and_the_control_stays_calibrated():
     result = infer(suspect, reference, InferenceSettings(resamples=30, permutations=200, sizes=[10, 30]))
     assert [s.n for s in result.sizes] == [10, 30, 60] and [s.n for s in result.control] == [10, 30, 60]
     records = [s.record(0.01) for s in result.sizes]
-    assert records[-1]["p_value"] < 1e-3 and records[-1]["reference"] == 300  # 60 suspects: the shift is found
+    # 60 suspects: the shift is found; 200 permutations cannot say less than p = 2 × 1/201
+    assert records[-1]["p_value"] == 2 / 201 and records[-1]["median_p_welch"] < 1e-3
+    assert records[-1]["reference"] == 300
     assert records[0]["p_value"] > records[-1]["p_value"]  # and more surely with more
     control = np.concatenate([s.welch for s in result.control])
     assert np.mean(control < 0.05) <= 0.10 and np.median(control) > 0.3  # spread over [0, 1], few false alarms

@@ -36,14 +36,15 @@ def verdict(inference: Inference, settings: InferenceSettings, blind: dict[str, 
             f"{blind['auc']:.3f}); a difference the test finds could be that difference, so no claim is made"))
     elif main["p_value"] < settings.alpha:
         answer.update(claim="evidence", text=(
-            f"evidence at p = {main['p_value']:.2g} (twice the median p over {main['resamples']} resamplings; "
+            f"evidence at p = {main['p_value']:.2g} (twice the median permutation p over {main['resamples']} "
+            "resamplings; "
             f"{main['n']} suspect against {main['reference']} reference samples) that the suspect set was used "
             f"in training, at level {settings.alpha}"))
     else:
         answer.update(claim="no evidence", text=(
             f"no evidence at level {settings.alpha} that the suspect set was used in training (p = "
-            f"{main['p_value']:.2g}: twice the median p over {main['resamples']} resamplings of {main['n']} "
-            f"suspect against {main['reference']} reference samples)"))
+            f"{main['p_value']:.2g}: twice the median permutation p over {main['resamples']} resamplings of "
+            f"{main['n']} suspect against {main['reference']} reference samples)"))
     return answer
 
 

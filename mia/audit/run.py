@@ -71,8 +71,10 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
                      "permutations": settings.permutations, "alpha": settings.alpha,
                      "false_alarm_level": settings.false_alarm_level, "max_false_alarms": settings.max_false_alarms,
                      "seed": settings.seed, "model": "standardised logistic regression, classes balanced",
-                     "tests": "one-sided Welch's t-test (suspect > reference); permutation test beside it",
-                     "p_value": "twice the median over the resamplings (Meinshausen, Meier and Bühlmann 2009)"},
+                     "tests": "one-sided permutation test of the difference of means (suspect > reference); "
+                              "CDI's one-sided Welch t-test beside it",
+                     "p_value": "twice the permutation test's median p over the resamplings (Meinshausen, Meier "
+                                "and Bühlmann 2009)"},
         "evaluation_set": evalset.record,
         "provenance": provenance(features.device, target.identity, target.split if not suspect else None),
     }

@@ -142,9 +142,9 @@ def plot_noise_scale_profiles(profiles) -> Figure:
 
 
 def plot_pvalue_vs_size(sizes: Sequence[dict], control: Sequence[dict], alpha: float) -> Figure:
-    """Dataset inference: the p-value (twice the median; the median dotted, the interquartile band shaded over the
-    resamplings) against the suspect set size, for the suspect set and for the false-alarm control (suspects
-    drawn from the reference set), on log axes."""
+    """Dataset inference: the p-value (twice the permutation test's median over the resamplings, its interquartile
+    band shaded; CDI's Welch median dotted) against the suspect set size, for the suspect set and for the
+    false-alarm control (suspects drawn from the reference set), on log axes."""
     figure = Figure(figsize=(6.4, 4.6), layout="constrained")
     axis = figure.subplots()
     for rows, label, color in ((sizes, "suspect vs reference", "tab:red"),
@@ -154,7 +154,8 @@ def plot_pvalue_vs_size(sizes: Sequence[dict], control: Sequence[dict], alpha: f
         n = [row["n"] for row in rows]
         floor = 1e-300  # a p-value of 0 (underflow) still shows, at the bottom of the log axis
         axis.plot(n, [max(row["p_value"], floor) for row in rows], marker="o", color=color, label=f"{label}: p")
-        axis.plot(n, [max(row["median_p"], floor) for row in rows], ls=":", color=color, label=f"{label}: median")
+        axis.plot(n, [max(row["median_p_welch"], floor) for row in rows], ls=":", color=color,
+                  label=f"{label}: Welch (CDI's), median")
         axis.fill_between(n, [max(row["p_q25"], floor) for row in rows], [max(row["p_q75"], floor) for row in rows],
                           color=color, alpha=0.2)
     axis.axhline(alpha, color="black", ls="--", lw=1, label=f"level {alpha:g}")

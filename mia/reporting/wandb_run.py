@@ -84,7 +84,8 @@ def log_audit_to_wandb(logger: Any, audit: dict[str, Any], figure: Path) -> None
 
     run = logger.experiment
     run.summary.update(summary_items(audit))
-    columns = ["n", "median_p", "p_q25", "p_q75", "median_p_permutation", "fraction_below_level", "resamples"]
+    columns = ["n", "reference", "p_value", "median_p", "p_q25", "p_q75", "median_p_welch", "fraction_below_level",
+               "fraction_below_level_welch", "resamples"]
     tables = {name: wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
               for name, rows in (("pvalue_vs_size", audit["pvalue_vs_size"]),
                                  ("false_alarm_control", audit["false_alarm_control"]))}
