@@ -18,6 +18,7 @@ from omegaconf import open_dict
 from mia.attacks import PIA, PIAN, LossAttack, NoiseAggregation, SecMI, SimA
 from mia.attacks.blind import BlindAttack
 from mia.attacks.clid import CLiDClassifier, CLiDThreshold
+from mia.attacks.gsa import GSA1, GSA2
 from mia.config import CONF_ROOT, build_loggers, config_dir, instantiate_group
 from mia.data.registry import build_pool
 
@@ -90,10 +91,12 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
     ("clid", CLiDThreshold(timesteps=[440, 450, 460], degradation=[0.3, 0.5, 0.7])),
     ("clid_vec", CLiDClassifier(n_estimators=20, max_depth=3, subsample=0.7, colsample_bytree=0.7, gamma=0.7)),
     ("blind", BlindAttack(classifier="logistic")),
+    ("gsa", GSA1(k=10, layers=None, n_estimators=200)),  # attack=gsa is the paper's first variant
+    ("gsa2", GSA2(k=10, layers=None, n_estimators=200)),
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
-    assert options("attack", "attack") == ["blind", "clid", "clid_th", "clid_vec", "learned", "loss", "na", "pia",
-                                           "pian", "secmi", "secmi_nn", "sima"]
+    assert options("attack", "attack") == ["blind", "clid", "clid_th", "clid_vec", "gsa", "gsa1", "gsa2", "learned",
+                                           "loss", "na", "pia", "pian", "secmi", "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 

@@ -121,11 +121,12 @@ def _tuned(target: Path, out: Path, *overrides: str) -> dict:
 
 def test_tuning_chooses_on_calibration_and_reports_the_evaluation_part(tiny_target: Path, tmp_path: Path):
     grid = ["attack=na", "tune=na_grid", "protocol.calibration=0.25", "tune.grid.t=[40,60]",
-            "tune.grid.noise_scale=[0.1,1.0]", "tune.grid.statistic=[pairwise_l2,centroid]",
-            "tune.grid.direction=[down]"]
+            "tune.grid.injection.schedule.noise_scale=[0.1,1.0]", "~tune.grid.injection.absolute",
+            "tune.grid.statistic=[pairwise_l2,centroid]", "tune.grid.direction=[down]"]
     metrics = _tuned(tiny_target, tmp_path / "a", *grid)
     tuning = metrics["tuning"]
-    assert len(tuning["grid"]) == 8 and set(tuning["chosen"]) == {"t", "noise_scale", "statistic", "direction"}
+    assert len(tuning["grid"]) == 8
+    assert set(tuning["chosen"]) == {"t", "injection", "noise_scale", "statistic", "direction"}
     # The statistic shares predictions: 4 prediction runs of k = 5 queries over the 12 calibration samples.
     assert tuning["calibration_queries"] == 4 * 5 * 12
     assert metrics["queries_per_sample"] == 5 and metrics["n_calibration"] == 12

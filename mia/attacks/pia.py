@@ -3,7 +3,9 @@ Proximal Initialization", ICLR 2024).
 
 PIA takes the model's own noise at t = 0, ``ε0 = ε_θ(x0, 0)``, noises x0 with it to t, and scores
 ``−Σ|ε0 − ε_θ(x_t, t)|^p``: a member's prediction returns to ε0. PIAN first rescales ε0 per sample to
-look Gaussian: ``ε0 / mean(|ε0|) · √(2/π)``. Two queries per sample, no randomness.
+look Gaussian: ``ε0 / mean(|ε0|) · √(2/π)``. Two queries per sample, no randomness. With
+``frequency_filter=high`` the difference ε0 − ε_θ(x_t, t) is filtered first (FreMIA compares x0 with x̂0, which
+differ by √(1−ᾱ_t)/√ᾱ_t times that difference; docs/method.md, "FreMIA's filter").
 
 The paper's timestep is 200 for DDPM and 500 for Stable Diffusion: with ``t`` unset, targets whose
 scheduler uses SD's ``scaled_linear`` β schedule get 500, all others 200 (recorded in the settings).
@@ -17,7 +19,8 @@ from typing import Any
 
 import torch
 
-from mia.attacks.base import Attack, require
+from mia.attacks.base import require
+from mia.attacks.frequency import FrequencyFiltered
 from mia.attacks.moves import forward_noise
 from mia.attacks.sample_noise import SampleNoise
 from mia.targets.base import DiffusionTarget
@@ -27,7 +30,7 @@ SD_TIMESTEP, DDPM_TIMESTEP = 500, 200
 
 
 @dataclasses.dataclass
-class PIA(Attack):
+class PIA(FrequencyFiltered):
     name = "pia"
     t: int | None = None  # timestep; None = the paper's: 500 for SD-scale (scaled_linear) schedules, else 200
     p: float = 4.0  # exponent of the ℓp distance
@@ -44,6 +47,7 @@ class PIA(Attack):
         return SD_TIMESTEP if target.beta_schedule == SD_SCHEDULE else DDPM_TIMESTEP
 
     def check(self, target: DiffusionTarget) -> None:
+        super().check(target)  # the frequency filter's box
         self._effective_t = self.timestep(target)
         self._check_timestep(target, self._effective_t, "attack.t")
 
@@ -61,7 +65,10 @@ class PIA(Attack):
         t = self.timestep(target)
         eps0 = self.initial_noise(target, x0, cond)
         eps_t = target.predict_noise(forward_noise(target, x0, eps0, t), t, cond)
-        return -(eps0 - eps_t).flatten(1).to(torch.float64).abs().pow(self.p).sum(1)
+        difference = eps0 - eps_t
+        if self.frequency_filter != "none":
+            difference = self.filtered(difference)
+        return -difference.flatten(1).to(torch.float64).abs().pow(self.p).sum(1)
 
 
 @dataclasses.dataclass

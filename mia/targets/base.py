@@ -71,7 +71,10 @@ class DiffusionTarget(nn.Module):
         self.identity = identity  # a digest of the weights and schedule; keys the prediction cache ("" = none)
         self.queries = 0  # sample-forwards since construction (or since reset_queries)
         self._real_rows = (1, 1)  # (real, all) rows of the pass under way: padding rows are not queries
+        # Sample-backwards (a gradient attack's backward passes through the denoiser's output), counted apart.
+        self.gradient_passes = 0
         self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
+        self.denoiser.register_forward_hook(self._watch_gradients)
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
@@ -79,8 +82,18 @@ class DiffusionTarget(nn.Module):
         # Guidance passes each row twice (2 queries per sample), so count the real share of what is seen.
         self.queries += int(sample.shape[0]) * real // rows
 
+    def _watch_gradients(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # An output that carries a gradient gets a hook that fires once per backward pass through it.
+        sample = getattr(output, "sample", output[0] if isinstance(output, tuple) and output else output)
+        if isinstance(sample, torch.Tensor) and sample.requires_grad:
+            sample.register_hook(self._count_gradient)
+
+    def _count_gradient(self, grad: torch.Tensor) -> None:
+        self.gradient_passes += int(grad.shape[0])
+
     def reset_queries(self) -> None:
         self.queries = 0
+        self.gradient_passes = 0
 
     @property
     def num_timesteps(self) -> int:
@@ -96,8 +109,9 @@ class DiffusionTarget(nn.Module):
         return self.image_shape
 
     def passes(self) -> dict[str, int]:
-        """Sample-forwards of the target's other networks (VAE encoder, text encoder), not denoiser queries."""
-        return {}
+        """Sample-forwards of the target's other networks (VAE encoder, text encoder), not denoiser queries, and
+        the denoiser's sample-backwards once a gradient attack has made some."""
+        return {"gradient_passes": self.gradient_passes} if self.gradient_passes else {}
 
     def check_guidance(self, guidance_scale: float) -> None:
         """Refuse a guidance scale the target cannot apply (unconditional targets: anything but 1)."""

@@ -95,7 +95,8 @@ class LatentTextTarget(DiffusionTarget):
         return self.vae.config.in_channels, size, size
 
     def passes(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes, "text_encoder_passes": self.text_encoder_passes}
+        return {"encoder_passes": self.encoder_passes, "text_encoder_passes": self.text_encoder_passes,
+                **super().passes()}
 
     def encode(self, images: torch.Tensor, noise: Any = None) -> torch.Tensor:
         """VAE latents × scaling factor: the posterior mean, or a draw from the sample's seeded noise."""

@@ -49,18 +49,59 @@ class Tuning:
                 "calibration_queries": self.queries, "grid": self.table}
 
 
-def grid_settings(attack: Attack, grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in order; knobs must be the attack's own."""
+def grid_settings(attack: Attack, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in order; knobs must be the attack's own.
+
+    A knob's values are a list, or a mapping from each value to the knobs that apply with it (a sub-grid, e.g.
+    NA's ``injection: {schedule: {noise_scale: [...]}, absolute: {sigma: [...]}}``): each value is combined with
+    its own sub-grid only, and a knob that belongs to another value's sub-grid is set to the attack's default
+    there, so every setting names the same knobs and none carries a value that does not apply to it.
+    """
     if not grid:
         raise MiaError("tune.grid is empty; give at least one knob with its values, e.g. tune.grid.t=[40,80]")
-    fields = {f.name for f in dataclasses.fields(attack)}
-    for knob, values in grid.items():
+    fields = {f.name: f for f in dataclasses.fields(attack)}
+
+    def values_of(knob: str, values: Any, where: str) -> list[list[dict[str, Any]]]:
         if knob not in fields:
-            raise MiaError(f"tune.grid.{knob} is not a knob of {attack.name}; its knobs are "
-                           f"{', '.join(sorted(fields))}")
+            raise MiaError(f"{where}{knob} is not a knob of {attack.name}; its knobs are {', '.join(sorted(fields))}")
+        if isinstance(values, Mapping) and values:  # value -> sub-grid
+            subgrids = {value: dict(sub or {}) for value, sub in values.items()}
+            others = {k for sub in subgrids.values() for k in sub}
+            expanded = []
+            for value, sub in subgrids.items():
+                defaults = {k: _default(fields[k], where, k) for k in sorted(others - set(sub)) if k in fields}
+                inner = product(sub, f"{where}{knob}.{value}.") if sub else [{}]
+                expanded += [{knob: value, **setting, **defaults} for setting in inner]
+            return [[setting] for setting in expanded]
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-            raise MiaError(f"tune.grid.{knob} must be a non-empty list of values, got {values!r}")
-    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+            raise MiaError(f"{where}{knob} must be a non-empty list of values (or a mapping from each value to the "
+                           f"knobs that apply with it), got {values!r}")
+        return [[{knob: value}] for value in values]
+
+    def product(node: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        axes = [values_of(knob, values, where) for knob, values in node.items()]
+        settings = []
+        for combo in itertools.product(*axes):
+            merged: dict[str, Any] = {}
+            for part in combo:
+                for piece in part:
+                    clash = set(piece) & set(merged)
+                    if clash:
+                        raise MiaError(f"{where.rstrip('.')} sets {sorted(clash)[0]} twice (at the top and inside "
+                                       "a value's sub-grid); give each knob once")
+                    merged.update(piece)
+            settings.append(merged)
+        return settings
+
+    return product(grid, "tune.grid.")
+
+
+def _default(field: dataclasses.Field, where: str, knob: str) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise MiaError(f"{where}{knob} has no default to fall back on where it does not apply; list it in every sub-grid")
 
 
 def criterion_value(scores: np.ndarray, labels: np.ndarray, criterion: str) -> float:
@@ -68,7 +109,7 @@ def criterion_value(scores: np.ndarray, labels: np.ndarray, criterion: str) -> f
     return auc(roc) if criterion == "auc" else tpr_at_fpr(roc, FPR_TARGETS[criterion])
 
 
-def tune(attack: Attack, grid: Mapping[str, Sequence[Any]], criterion: str, target: DiffusionTarget,
+def tune(attack: Attack, grid: Mapping[str, Any], criterion: str, target: DiffusionTarget,
          calibration: EvaluationSet, settings: ScoringSettings) -> Tuning:
     """Score every grid setting on ``calibration`` and return the best by ``criterion``."""
     if criterion not in CRITERIA:
@@ -112,4 +153,7 @@ def tune_on_calibration(attack: Attack, spec: Mapping[str, Any], target: Diffusi
     unknown = sorted(set(spec) - {"grid", "criterion"})
     if unknown:
         raise MiaError(f"tune.{unknown[0]} is not a setting of tuning; its settings are grid and criterion")
-    return tune(attack, dict(spec.get("grid") or {}), spec.get("criterion", "auc"), target, calibration, settings)
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise MiaError(f"tune.grid must be a mapping of knobs to their values, got {grid!r}")
+    return tune(attack, dict(grid), spec.get("criterion", "auc"), target, calibration, settings)
