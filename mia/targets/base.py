@@ -50,6 +50,7 @@ class DiffusionTarget(nn.Module):
         self.name = name
         self.identity = identity  # a digest of the weights and schedule; keys the prediction cache ("" = none)
         self.queries = 0  # sample-forwards since construction (or since reset_queries)
+        self.generation_calls = 0  # images made by mia.targets.generation (variations, generations), per sample
         self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -73,8 +74,9 @@ class DiffusionTarget(nn.Module):
         return self.image_shape
 
     def passes(self) -> dict[str, int]:
-        """Sample-forwards of the target's other networks (VAE encoder, text encoder), not denoiser queries."""
-        return {}
+        """Counts apart from the denoiser's queries: other networks' sample-forwards (VAE, text encoder) and the
+        generation calls of black-box attacks (each holds several denoiser queries); the latter only when made."""
+        return {"generation_calls": self.generation_calls} if self.generation_calls else {}
 
     def check_guidance(self, guidance_scale: float) -> None:
         """Refuse a guidance scale the target cannot apply (unconditional targets: anything but 1)."""
@@ -115,3 +117,7 @@ class DiffusionTarget(nn.Module):
         ``noise`` is the batch's per-sample seeded noise (a SampleNoise), for encoders that draw.
         """
         return images
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 -> images in the model's range [-1, 1] (identity for pixel-space models): what a pipeline returns."""
+        return x0
