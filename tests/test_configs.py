@@ -93,7 +93,7 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
     assert options("attack", "attack") == ["blind", "clid", "clid_th", "clid_vec", "learned", "loss", "na", "pia",
-                                           "pian", "secmi", "secmi_nn", "sima"]
+                                           "pian", "reconstruction", "rediffuse", "secmi", "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 
