@@ -171,6 +171,18 @@ def test_rediffuse_refuses_a_strength_outside_zero_one(strength):
     assert ReDiffuse(strength=1, steps=3).strength == 1  # the whole schedule: a generation from the noised image
 
 
+def test_mia_attack_refuses_a_bad_strength_before_reading_the_target(tmp_path: Path):
+    from conftest import compose_config
+
+    from mia.runs.attack import run
+
+    cfg = compose_config("attack", [f"target.path={tmp_path}/none", "attack=rediffuse", "attack.strength=1.5",
+                                    "logger=none"], tmp_path / "out")
+    with pytest.raises(MiaError, match=r"^attack.strength must be in \(0, 1\]"):
+        run(cfg)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_rediffuse_refuses_a_strength_that_is_not_a_number():
     for strength in (float("nan"), "0.2", True):
         with pytest.raises(MiaError, match=r"attack.strength must be"):
@@ -179,7 +191,7 @@ def test_rediffuse_refuses_a_strength_that_is_not_a_number():
 
 def test_bad_black_box_settings_are_refused(memorised):
     target, evalset = memorised
-    with pytest.raises(MiaError, match=r"leaves no denoising step"):
+    with pytest.raises(MiaError, match=r"leaves no denoising step .*; raise attack.steps to at least 20$"):
         ReDiffuse(strength=0.05, steps=10)
     with pytest.raises(MiaError, match=r"attack.distance=ssim compares images"):
         ReDiffuse(distance="ssim", space="latent")
@@ -198,3 +210,17 @@ def test_reconstruction_refuses_a_batch_of_empty_prompts(text_memorised):
     with pytest.raises(MiaError, match=r"every caption of the batch is empty"):
         Reconstruction(n=1, steps=1).collect(target, torch.zeros(2, 3, 16, 16), SampleNoise(torch.arange(2), 0),
                                              target.conditions({"caption": ["", ""]}))
+
+
+def test_every_integer_knob_of_the_black_box_attacks_refuses_a_float():
+    import dataclasses
+
+    checked = 0
+    for cls in (ReDiffuse, Reconstruction):
+        for field in dataclasses.fields(cls):
+            if field.type == "int":
+                for bad in (1.5, True, "3"):
+                    with pytest.raises(MiaError, match=rf"attack.{field.name} must be an integer"):
+                        cls(**{field.name: bad})
+                checked += 1
+    assert checked == 6  # n, steps, seed of each

@@ -15,6 +15,7 @@ Timesteps follow diffusers' img2img rule: ``steps`` spaces the whole schedule ("
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -64,8 +65,11 @@ def check_strength(strength: float, steps: int) -> None:
         raise MiaError(f"attack.strength must be in (0, 1] (the share of the schedule a variation noises to), "
                        f"got {strength!r}")
     if denoiser_steps(strength, steps) < 1:
+        enough = max(steps + 1, math.ceil(1 / strength) - 1)
+        while denoiser_steps(strength, enough) < 1:  # the float product decides, as in diffusers' rule
+            enough += 1
         raise MiaError(f"attack.strength={strength} of attack.steps={steps} leaves no denoising step "
-                       f"(int(steps·strength) = 0); raise attack.steps to at least {int(1 / strength) + 1}")
+                       f"(int(steps·strength) = 0); raise attack.steps to at least {enough}")
 
 
 def _epsilon(target: DiffusionTarget, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
