@@ -224,3 +224,17 @@ def test_every_integer_knob_of_the_black_box_attacks_refuses_a_float():
                         cls(**{field.name: bad})
                 checked += 1
     assert checked == 6  # n, steps, seed of each
+
+
+def test_rediffuse_strength_tunes_on_the_calibration_part(memorised):
+    from mia.config import options
+
+    target, evalset = memorised
+    assert "rediffuse_strength" in options("tune")
+    result = mia.run_attack(target, ReDiffuse(n=2), evalset=evalset, blind_control=False,
+                            protocol=mia.Protocol(calibration=0.25, bootstrap=0),
+                            tune={"grid": {"strength": [0.1, 0.3]}, "criterion": "auc"})
+    tuning = result.metrics["tuning"]
+    assert tuning["chosen"]["strength"] in (0.1, 0.3)
+    steps = 1 if tuning["chosen"]["strength"] == 0.1 else 3
+    assert result.metrics["queries_per_sample"] == 2 * steps  # the chosen setting's cost, the grid's apart
