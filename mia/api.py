@@ -108,8 +108,10 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     """
     attack = make_attack(attack)
     passes_before = target.passes()  # a target reused across calls keeps counting; report this call's passes
-    target.check_guidance(attack.guidance_scale)
+    # An attack that does not apply to the target (NotApplicable: a sweep skips it) is told before its guidance,
+    # which may only fit the targets it applies to (the reconstruction attack's 7.5).
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    target.check_guidance(attack.guidance_scale)
     if reference is not None:
         check_comparable(target, reference)
         attack.check(reference)

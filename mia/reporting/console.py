@@ -41,7 +41,8 @@ SCALARS = (
     "seconds", "seconds_per_1000",
 )
 # What a run counted beside the headline numbers (a sweep's summary.csv has a column for each of these too).
-COUNTS = ("queries_per_sample_this_run", "encoder_passes_per_sample", "text_encoder_passes_per_sample")
+COUNTS = ("queries_per_sample_this_run", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
+          "decoder_passes_per_sample", "generation_calls_per_sample")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
