@@ -36,6 +36,8 @@ from mia.targets.folder import load_folder
 from mia.tuning.grid import Tuning, tune_on_calibration
 
 log = logging.getLogger(__name__)
+# Counts reported only when the run made any (the black-box attacks' generations and decodes).
+OPTIONAL_PASSES = frozenset({"generation_calls", "decoder_passes"})
 
 
 def load_target(path: str | Path, checkpoint: str | Path | None = None, latent: str = "mean",
@@ -105,8 +107,11 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     ``blind_control``: on two folders, check first that they cannot be told apart without the model.
     """
     attack = make_attack(attack)
-    target.check_guidance(attack.guidance_scale)
+    passes_before = target.passes()  # a target reused across calls keeps counting; report this call's passes
+    # An attack that does not apply to the target (NotApplicable: a sweep skips it) is told before its guidance,
+    # which may only fit the targets it applies to (the reconstruction attack's 7.5).
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    target.check_guidance(attack.guidance_scale)
     if reference is not None:
         check_comparable(target, reference)
         attack.check(reference)
@@ -152,7 +157,7 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
         **({"tuning": tuning.record()} if tuning is not None else {}),
         **cost,
-        **_other_passes(target, scored_samples),
+        **_other_passes(target, scored_samples, passes_before),
         **controls,
         **({"warnings": warnings} if warnings else {}),
         "evaluation_set": evalset.record,
@@ -229,9 +234,12 @@ def _cost(predicted: Predictions, n: int) -> dict[str, Any]:
     }
 
 
-def _other_passes(target: DiffusionTarget, n: int) -> dict[str, Any]:
-    """The target's conditioning and its VAE / text-encoder passes this run, apart from the denoiser's queries."""
-    passes = {f"{name}_per_sample": _tidy(count / n) for name, count in target.passes().items()}
+def _other_passes(target: DiffusionTarget, n: int, before: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The target's conditioning and its VAE / text-encoder passes (and generation calls) this run, apart from the
+    denoiser's queries; ``before``: the counts when the run started."""
+    before = before or {}
+    passes = {f"{name}_per_sample": _tidy((count - before.get(name, 0)) / n)
+              for name, count in target.passes().items() if count - before.get(name, 0) or name not in OPTIONAL_PASSES}
     return {"conditioning": target.conditioning or "none", **passes}
 
 

@@ -96,7 +96,8 @@ def test_training_experiments_instantiate(experiment: str, tmp_path: Path):
 ])
 def test_attack_defaults_are_the_papers(attack: str, expected):
     assert options("attack", "attack") == ["blind", "clid", "clid_th", "clid_vec", "gsa", "gsa1", "gsa2", "learned",
-                                           "loss", "na", "pia", "pian", "secmi", "secmi_nn", "sima"]
+                                           "loss", "na", "pia", "pian", "reconstruction", "rediffuse", "secmi",
+                                           "secmi_nn", "sima"]
     assert instantiate(config("attack", "target.path=x", f"attack={attack}").attack, _convert_="all") == expected
 
 

@@ -128,7 +128,8 @@ def test_every_number_of_metrics_json_reaches_the_wandb_summary_the_sweep_table_
 def test_the_console_shows_the_other_networks_passes():
     metrics = {"attack": "clid_th", "n_members": 4, "n_nonmembers": 4, "queries_per_sample": 3,
                "queries_per_sample_this_run": 0, "encoder_passes_per_sample": 1, "text_encoder_passes_per_sample": 2,
-               "gradient_passes_per_sample": 10}  # GSA's backward passes
+               "gradient_passes_per_sample": 10,  # GSA's backward passes
+               "decoder_passes_per_sample": 3, "generation_calls_per_sample": 3}  # a black-box attack's
     lines = format_metrics(metrics).splitlines()
     for key in COUNTS:
         assert f"  {key:<20} {metrics[key]}" in lines, key

@@ -90,15 +90,15 @@ def test_the_summary_callback_records_failures_only_in_multiruns(tmp_path: Path)
     assert single.status == JobStatus.FAILED and not (tmp_path / "RUN/ZeroDivisionError/error.txt").exists()
 
 
-@pytest.mark.slow  # ten attack jobs in a separate process, ~40 s (`make test-slow`)
+@pytest.mark.slow  # twelve attack jobs in a separate process, ~45 s (`make test-slow`)
 def test_comparing_every_attack_on_a_pixel_target_skips_clid(tiny_target: Path, tmp_path: Path):
     process = multirun(tmp_path, f"target.path={tiny_target}", "experiment=compare_attacks")
     assert process.returncode == 0, process.stderr[-3000:]  # skipped is no failure
     rows = read_rows(tmp_path / "sweep" / "summary.csv")
     assert [r["attack"] for r in rows] == ["na", "loss", "pia", "pian", "secmi", "sima", "secmi_nn", "learned",
-                                           "clid_th", "clid_vec"]
-    ran, skipped = rows[:8], rows[8:]
-    assert [int(r["queries_per_sample"]) for r in ran] == [5, 1, 2, 2, 12, 1, 12, 5]
+                                           "clid_th", "clid_vec", "rediffuse", "reconstruction"]
+    ran, skipped = [*rows[:8], rows[10]], [*rows[8:10], rows[11]]
+    assert [int(r["queries_per_sample"]) for r in ran] == [5, 1, 2, 2, 12, 1, 12, 5, 20]
     for row in ran:
         assert row["status"] == "ok"
         for key in ("auc", "asr", "asr_calibrated", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "seconds"):

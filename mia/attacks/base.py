@@ -11,8 +11,9 @@ attack a short ``collect``:
 
 ``inputs(target, batch, noise)`` gives ``collect`` its x0 and conditions (by default the target's encoding of
 the batch's images and its conditions; a model-free control takes the images themselves). An attack calls
-only ``target.predict_noise`` (and the moves in ``mia.attacks.moves``); it never touches files, loggers or
-metrics: what it fitted and anything worth a warning go back in ``fit``'s record.
+only ``target.predict_noise`` (and the moves in ``mia.attacks.moves``), or, if it is black-box, only the
+generation calls of ``mia.targets.generation``; it never touches files, loggers or metrics: what it fitted and
+anything worth a warning go back in ``fit``'s record.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ SCALARS = (
 )
 # What a run counted beside the headline numbers (a sweep's summary.csv has a column for each of these too).
 COUNTS = ("queries_per_sample_this_run", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
-          "gradient_passes_per_sample")
+          "gradient_passes_per_sample", "decoder_passes_per_sample", "generation_calls_per_sample")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ METRIC_COLUMNS = (
     "tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_ci_low", "tpr_at_0.1pct_fpr_ci_high",
     "queries_per_sample", "queries_per_sample_this_run", "seconds", "seconds_per_1000",
     "n_members", "n_nonmembers", "n_calibration", "encoder_passes_per_sample", "text_encoder_passes_per_sample",
-    "gradient_passes_per_sample",
+    "gradient_passes_per_sample", "decoder_passes_per_sample", "generation_calls_per_sample",
     "tuning_calibration_queries",
     # The controls (docs/method.md, "controls"): the reference model, the calibrated score, the blind control.
     "reference_model_auc", "reference_model_tpr_at_1pct_fpr", "reference_calibrated_auc",

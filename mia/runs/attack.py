@@ -95,8 +95,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.report.profile:
         check_profiled(attack)
     target: DiffusionTarget = build(cfg.target)
-    target.check_guidance(attack.guidance_scale)
+    # An attack that does not apply to the target (NotApplicable: a sweep skips it) is told before its guidance,
+    # which may only fit the targets it applies to (the reconstruction attack's 7.5).
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
+    target.check_guidance(attack.guidance_scale)
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
     evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)

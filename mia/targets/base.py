@@ -73,6 +73,7 @@ class DiffusionTarget(nn.Module):
         self._real_rows = (1, 1)  # (real, all) rows of the pass under way: padding rows are not queries
         # Sample-backwards (a gradient attack's backward passes through the denoiser's output), counted apart.
         self.gradient_passes = 0
+        self.generation_calls = 0  # images made by mia.targets.generation (variations, generations), per sample
         self.denoiser.register_forward_pre_hook(self._count, with_kwargs=True)
         self.denoiser.register_forward_hook(self._watch_gradients)
 
@@ -109,9 +110,11 @@ class DiffusionTarget(nn.Module):
         return self.image_shape
 
     def passes(self) -> dict[str, int]:
-        """Sample-forwards of the target's other networks (VAE encoder, text encoder), not denoiser queries, and
-        the denoiser's sample-backwards once a gradient attack has made some."""
-        return {"gradient_passes": self.gradient_passes} if self.gradient_passes else {}
+        """Counts apart from the denoiser's queries: other networks' sample-forwards (VAE, text encoder), the
+        denoiser's sample-backwards (gradient attacks) and the generation calls of black-box attacks (each holds
+        several denoiser queries); the latter two only when made."""
+        made = {"gradient_passes": self.gradient_passes, "generation_calls": self.generation_calls}
+        return {key: count for key, count in made.items() if count}
 
     def check_guidance(self, guidance_scale: float) -> None:
         """Refuse a guidance scale the target cannot apply (unconditional targets: anything but 1)."""
@@ -174,6 +177,10 @@ class DiffusionTarget(nn.Module):
         ``noise`` is the batch's per-sample seeded noise (a SampleNoise), for encoders that draw.
         """
         return images
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 -> images in the model's range [-1, 1] (identity for pixel-space models): what a pipeline returns."""
+        return x0
 
 
 def _padded(x_t: torch.Tensor, cond: Any, start: int, size: int) -> tuple[torch.Tensor, Any]:

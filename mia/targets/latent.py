@@ -75,10 +75,12 @@ class LatentTextTarget(DiffusionTarget):
         # The VAE halves the resolution once per encoder block after the first, as diffusers' pipelines compute it.
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.encoder_passes = 0
+        self.decoder_passes = 0  # black-box attacks decode what they generate
         self.text_encoder_passes = 0
         self._null: torch.Tensor | None = None
         self._warned_truncation = False
         self.vae.encoder.register_forward_pre_hook(_counter(self, "encoder_passes"), with_kwargs=True)
+        self.vae.decoder.register_forward_pre_hook(_counter(self, "decoder_passes"), with_kwargs=True)
         self.text_encoder.register_forward_pre_hook(_counter(self, "text_encoder_passes"), with_kwargs=True)
 
     @property
@@ -95,7 +97,8 @@ class LatentTextTarget(DiffusionTarget):
         return self.vae.config.in_channels, size, size
 
     def passes(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes, "text_encoder_passes": self.text_encoder_passes,
+        decoded = {"decoder_passes": self.decoder_passes} if self.decoder_passes else {}
+        return {"encoder_passes": self.encoder_passes, "text_encoder_passes": self.text_encoder_passes, **decoded,
                 **super().passes()}
 
     def encode(self, images: torch.Tensor, noise: Any = None) -> torch.Tensor:
@@ -121,6 +124,16 @@ class LatentTextTarget(DiffusionTarget):
         config = self.vae.config
         shift = getattr(config, "shift_factor", None)
         return (z - shift) * config.scaling_factor if shift is not None else z * config.scaling_factor
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Latents (× scaling factor) -> images in [-1, 1] through the VAE decoder, as the pipeline decodes."""
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None)
+        z = x0 / config.scaling_factor + (shift if shift is not None else 0)
+        weight = next(self.vae.parameters())
+        images = [self.vae.decode(z[start:start + ENCODE_CHUNK].to(weight)).sample.float()
+                  for start in range(0, len(z), ENCODE_CHUNK)]
+        return torch.cat(images)
 
     def embed(self, captions: list[str]) -> torch.Tensor:
         """CLIP text embeddings [B, L, D] (one text-encoder pass per caption), as the SD pipeline makes them."""

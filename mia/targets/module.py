@@ -82,6 +82,10 @@ class ModuleTarget(DiffusionTarget):
         """
         return (images + 1) / 2 if self.zero_one else images
 
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 in the model's range -> images in [-1, 1] (the inverse of ``encode``)."""
+        return x0 * 2 - 1 if self.zero_one else x0
+
 
 def _show(value: Any) -> str:
     return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
