@@ -1,4 +1,4 @@
-"""compile=true: the compiled denoiser scores as eager within 1e-4, counts the same queries, reports its compile time."""
+"""compile=true: compiled scores equal eager within 1e-4, the same queries counted, the compile time reported."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_compiled_scores_equal_eager_within_the_tolerance(tiny_target: Path, tmp
 
 
 def test_compile_refuses_what_it_cannot_apply_in_one_line(tiny_target: Path, tmp_path: Path):
-    with pytest.raises(MiaError, match="compile.mode must be one of"):
+    with pytest.raises(MiaError, match="compile_mode must be one of"):
         _attack(tiny_target, tmp_path / "a", "compile=true", "compile_mode=fastest")
     with pytest.raises(MiaError, match="has no weights"):
         _attack(tiny_target, tmp_path / "b", "compile=true", "target=memorizer")

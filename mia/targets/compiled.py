@@ -55,7 +55,7 @@ class CompiledForward:
 def compile_target(target: DiffusionTarget, mode: str = "default") -> Callable[[], dict[str, Any]]:
     """Compile ``target``'s denoiser (and VAE encoder) in place; returns what to record once it has run."""
     if mode not in MODES:
-        raise MiaError(f"compile.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise MiaError(f"compile_mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not any(True for _ in target.denoiser.parameters()):
         raise MiaError(f"compile=true applies to trained denoisers; {target.name}'s has no weights (the closed-form "
                        "memoriser runs in float64 and has nothing to fuse); run it with compile=false")
