@@ -33,7 +33,8 @@ from mia.reporting.provenance import provenance
 from mia.scoring.engine import Predictions, ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
 from mia.targets.folder import load_folder
-from mia.tuning.grid import Tuning, tune_on_calibration
+from mia.tuning.grid import Tuning
+from mia.tuning.search import tune_on_calibration
 
 log = logging.getLogger(__name__)
 # Counts reported only when the run made any (the black-box attacks' generations and decodes).
@@ -101,7 +102,8 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     The samples: ``evalset``, else ``evaluation_set(target, members, nonmembers, **data)``. ``protocol``: the
     calibration part and the metrics' settings (its ``calibration`` None = 0.2 when anything is fitted, else
     0). ``tune``: ``{"grid": {knob: [values]}, "criterion": "auc"}`` chooses the knobs on the calibration part
-    first. ``scoring``: batch size, device (a Trainer factory) and the prediction cache (none by default).
+    first (``"search": "halving"``: by successive halving, mia.tuning.halving). ``scoring``: batch size, device
+    (a Trainer factory) and the prediction cache (none by default).
     ``reference``: a model that did not train on the samples; the attack runs on it too (its AUC, and the
     calibrated score target − reference, which ``attack.calibration=reference`` reports as the main one).
     ``blind_control``: on two folders, check first that they cannot be told apart without the model.

@@ -31,6 +31,7 @@ from mia.scoring.engine import ScoringSettings
 from mia.scoring.profile import check_profiled, timestep_profile
 from mia.scoring.ranks import is_rank_zero
 from mia.targets.base import DiffusionTarget
+from mia.targets.compiled import compile_target
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
     target.check_guidance(attack.guidance_scale)
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
-    evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)
+    compiled = None
+    if cfg.get("compile"):  # refused before any image is read where it cannot apply
+        compiled = compile_target(target, cfg.compile_mode)
+        if reference is not None:
+            compile_target(reference, cfg.compile_mode)
+        if settings.cache_dir is not None:  # within tolerance of eager, not equal: kept apart from eager entries
+            settings = dataclasses.replace(settings, cache_dir=f"{settings.cache_dir}/compiled_{cfg.compile_mode}")
+    evalset = evaluation_set_of(cfg, target)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
     result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings,
                         reference=reference, blind_control=cfg.protocol.get("blind_control", True))
+    if compiled is not None:
+        result.metrics["compile"] = compiled()
     figures = {}
     if cfg.report.profile:  # of the setting that ran (a tuning's winner); every rank takes part in its loops
         chosen = result.metrics.get("tuning", {}).get("chosen") or {}

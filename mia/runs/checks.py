@@ -63,6 +63,8 @@ KNOBS: dict[str, Callable[[str, Any], None]] = {
     "cache.dir": _text(optional=True),
     "protocol.seed": _integer(0),
     "protocol.blind_control": require_bool,
+    "compile": require_bool,
+    "compile_mode": _text(optional=False),
 }
 
 
