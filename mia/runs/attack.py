@@ -7,6 +7,7 @@ set, ``mia.api.run_attack``, then the report. Nothing here computes a score or a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,31 @@ def evaluation_set_of(cfg: DictConfig, target: DiffusionTarget) -> EvaluationSet
                           allow_unverified=data.get("allow_unverified") is True)
 
 
+def shadows_of(cfg: DictConfig) -> list[DiffusionTarget] | None:
+    """protocol=shadow's models, each loaded as the target is (its loader, with target.path = the shadow)."""
+    protocol = cfg.protocol
+    paths = list(protocol.get("shadows") or [])
+    if protocol.get("kind", "calibration") != "shadow":
+        if paths:
+            raise MiaError("protocol.shadows is set but the protocol is not protocol=shadow; add protocol=shadow")
+        return None
+    found: list[str] = []
+    for entry in paths:
+        if not isinstance(entry, str) or not entry:
+            raise MiaError(f"protocol.shadows must list shadow model folders, got {entry!r}")
+        matches = sorted(glob.glob(str(Path(entry).expanduser()))) if glob.has_magic(entry) else [entry]
+        if not matches:
+            raise MiaError(f"protocol.shadows: {entry} matches no folder; give the shadow models' target folders")
+        found += [m for m in matches if m not in found]
+    if len(found) < 2:
+        raise MiaError(f"protocol=shadow needs at least 2 shadow models, got {len(found)}; train more with mia-train "
+                       "split.pool=<target>/split.json split.seed=1,2,... and list them in protocol.shadows")
+    if "path" not in cfg.target:
+        raise MiaError("protocol=shadow loads each shadow as the target, by target.path; this target kind has no path")
+    extra = {"checkpoint": None} if "checkpoint" in cfg.target else {}  # a shadow's own final weights
+    return [build(cfg.target, path=path, **extra) for path in found]
+
+
 def check_sections(cfg: DictConfig) -> None:
     """Each settings section must still be a section: ``data=cifar10`` is a training option, not an attack's."""
     for key in ("data", "metrics", "report", "cache", "protocol"):
@@ -98,11 +124,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     target.check_guidance(attack.guidance_scale)
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
+    shadows = shadows_of(cfg)
     evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
     result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings,
-                        reference=reference, blind_control=cfg.protocol.get("blind_control", True))
+                        reference=reference, blind_control=cfg.protocol.get("blind_control", True), shadows=shadows)
     figures = {}
     if cfg.report.profile:  # of the setting that ran (a tuning's winner); every rank takes part in its loops
         chosen = result.metrics.get("tuning", {}).get("chosen") or {}
