@@ -62,8 +62,8 @@ def evaluation_set_of(cfg: DictConfig, target: DiffusionTarget) -> EvaluationSet
                           allow_unverified=data.get("allow_unverified") is True)
 
 
-def shadows_of(cfg: DictConfig) -> list[DiffusionTarget] | None:
-    """protocol=shadow's models, each loaded as the target is (its loader, with target.path = the shadow)."""
+def shadow_paths(cfg: DictConfig) -> list[str] | None:
+    """protocol=shadow's model folders (globs expanded), checked before anything is loaded; None: no shadows."""
     protocol = cfg.protocol
     paths = list(protocol.get("shadows") or [])
     if protocol.get("kind", "calibration") != "shadow":
@@ -83,8 +83,13 @@ def shadows_of(cfg: DictConfig) -> list[DiffusionTarget] | None:
                        "split.pool=<target>/split.json split.seed=1,2,... and list them in protocol.shadows")
     if "path" not in cfg.target:
         raise MiaError("protocol=shadow loads each shadow as the target, by target.path; this target kind has no path")
+    return found
+
+
+def load_shadows(cfg: DictConfig, paths: list[str]) -> list[DiffusionTarget]:
+    """Each shadow loaded as the target is (its loader and settings, with target.path = the shadow)."""
     extra = {"checkpoint": None} if "checkpoint" in cfg.target else {}  # a shadow's own final weights
-    return [build(cfg.target, path=path, **extra) for path in found]
+    return [build(cfg.target, path=path, **extra) for path in paths]
 
 
 def check_sections(cfg: DictConfig) -> None:
@@ -117,6 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """One attack run from its composed config; returns metrics.json's content."""
     check_sections(cfg)
     check_run(cfg)  # every knob, the attack's and the target's keys, the device, the cache folder: before any read
+    shadows_at = shadow_paths(cfg)
     attack: Attack = build(cfg.attack, _convert_="all")
     if cfg.report.profile:
         check_profiled(attack)
@@ -124,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     target.check_guidance(attack.guidance_scale)
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
-    shadows = shadows_of(cfg)
+    shadows = None if shadows_at is None else load_shadows(cfg, shadows_at)
     evalset = evaluation_set_of(cfg, target)
     settings = scoring_settings(cfg)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
