@@ -26,6 +26,7 @@ from mia.data.pools import DigitsPool
 from mia.data.split import Split
 from mia.errors import MiaError
 from mia.evaluation.lira import IN, OUT, lira
+from mia.reporting.console import format_metrics
 from mia.runs.attack import run
 from mia.targets.memorizer import memorizing_target
 
@@ -178,3 +179,4 @@ def test_mia_train_shadows_and_mia_attack_protocol_shadow(tiny_target: Path, tmp
         "logger=none", "metrics.bootstrap=0", "trainer=cpu", "trainer.enable_progress_bar=false"], tmp_path / "attack"))
     assert [Path(m["source"]).parent.name for m in metrics["shadows"]["models"]] == ["shadow1", "shadow2"]
     assert metrics["n_calibration"] == 0 and metrics["shadows"]["queries_per_sample"] == 2
+    assert "2 shadow models" in format_metrics(metrics) and "no target label used" in format_metrics(metrics)
