@@ -29,6 +29,7 @@ from mia.errors import MiaError
 from mia.evaluation.calibration import calibration_fraction
 from mia.evaluation.protocol import Outcome, Protocol, apply, measure, roles
 from mia.evaluation.result import AttackResult
+from mia.evaluation.shadows import at_threshold, check_shadows, fit_on_shadows, memberships, shadow_models_record
 from mia.reporting.provenance import provenance
 from mia.scoring.engine import Predictions, ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
@@ -96,7 +97,8 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
                nonmembers: str | Path | None = None, *, evalset: EvaluationSet | None = None,
                protocol: Protocol | None = None, tune: Mapping[str, Any] | None = None,
                scoring: ScoringSettings | None = None, reference: DiffusionTarget | None = None,
-               blind_control: bool = True, **data: Any) -> AttackResult:
+               blind_control: bool = True, shadows: Sequence[DiffusionTarget] | None = None,
+               **data: Any) -> AttackResult:
     """Attack ``target`` and measure the attack by the protocol (docs/method.md, "the protocol").
 
     The samples: ``evalset``, else ``evaluation_set(target, members, nonmembers, **data)``. ``protocol``: the
@@ -107,6 +109,8 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     ``reference``: a model that did not train on the samples; the attack runs on it too (its AUC, and the
     calibrated score target − reference, which ``attack.calibration=reference`` reports as the main one).
     ``blind_control``: on two folders, check first that they cannot be told apart without the model.
+    ``shadows``: the shadow protocol (docs/method.md, "Shadow models"): whatever is fitted is fitted on these
+    models' own splits, no target label is used, and every sample is an evaluation row.
     """
     attack = make_attack(attack)
     passes_before = target.passes()  # a target reused across calls keeps counting; report this call's passes
@@ -114,6 +118,11 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     # which may only fit the targets it applies to (the reconstruction attack's 7.5).
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
     target.check_guidance(attack.guidance_scale)
+    if shadows is not None:
+        _check_shadow_run(attack, target, shadows, protocol, tune, reference)
+    elif attack.calibration == "shadows":
+        raise MiaError("attack.calibration=shadows is LiRA on shadow models; give them with protocol=shadow "
+                       "'protocol.shadows=[<shadow folders>]' (docs/method.md, \"Shadow models\")")
     if reference is not None:
         check_comparable(target, reference)
         attack.check(reference)
@@ -125,7 +134,7 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     elif members or nonmembers or data:
         raise MiaError("give the samples once: evalset=, or members/nonmembers and their options")
     protocol = protocol or Protocol(calibration=None)
-    fitted = attack.learns_from_labels or bool(tune)
+    fitted = (attack.learns_from_labels or bool(tune)) and shadows is None  # under shadows: nothing on the target
     protocol = dataclasses.replace(protocol, calibration=calibration_fraction(protocol.calibration, fitted))
     scoring = scoring or ScoringSettings(trainer_factory())
     log.info("attack %s on %s: %d members, %d non-members", attack.name, target.source or target.name,
@@ -133,7 +142,12 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     labels = evalset.labels.numpy()
     mask = roles(evalset.ids, labels, protocol)
     tuning = None
-    if tune:
+    controls: dict[str, Any] = {}
+    if shadows is not None:
+        predicted = predict(attack, target, evalset, scoring)
+        outcome, controls["shadows"] = _on_shadows(attack, predicted, shadows, evalset, protocol, scoring)
+        scored_samples = len(evalset)
+    elif tune:
         # Chosen on the calibration samples alone; the winner then scores the evaluation samples once.
         tuning = tune_on_calibration(attack, tune, target, evalset.subset(np.flatnonzero(mask)), scoring)
         attack = tuning.attack
@@ -147,7 +161,6 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         outcome = apply(attack, predicted.features, labels, mask, protocol)
         scored_samples = len(evalset)
     cost = _cost(predicted, scored_samples)
-    controls: dict[str, Any] = {}
     if reference is not None:
         outcome, controls, cost = _with_reference(attack, outcome, cost, reference, evalset, protocol, scoring)
     if blind_control and evalset.record.get("labels", "").startswith("folders"):
@@ -167,6 +180,42 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
                                  target.split if evalset.record.get("labels") == "split.json" else None),
     }
     return AttackResult(attack.name, evalset.ids, labels, outcome.scores, metrics, mask)
+
+
+def _check_shadow_run(attack: Attack, target: DiffusionTarget, shadows: Sequence[DiffusionTarget],
+                      protocol: Protocol | None, tune: Mapping[str, Any] | None,
+                      reference: DiffusionTarget | None) -> None:
+    """What the shadow protocol cannot be combined with, refused before any sample is read."""
+    if protocol is not None and protocol.calibration:
+        raise MiaError(f"protocol=shadow fits on the shadow models and evaluates every target sample; "
+                       f"protocol.calibration={protocol.calibration} would set target samples aside: leave it null")
+    if tune:
+        raise MiaError("tune= chooses knobs on the target's calibration part, which protocol=shadow does not have; "
+                       "run without tune= (or tune under protocol=calibration)")
+    if reference is not None or attack.calibration == "reference":
+        raise MiaError("protocol=shadow and a reference model do not combine; use attack.calibration=shadows "
+                       "(LiRA on the shadows) or drop protocol=shadow")
+    check_shadows(target, shadows)
+    for shadow in shadows:
+        attack.check(shadow)
+
+
+def _on_shadows(attack: Attack, predicted: Predictions, shadows: Sequence[DiffusionTarget], evalset: EvaluationSet,
+                protocol: Protocol, scoring: ScoringSettings) -> tuple[Outcome, dict[str, Any]]:
+    """The attack on every shadow, fitted there (their labels), applied to the target's features."""
+    rows = memberships(shadows, evalset.ids)
+    on_shadows = [predict(attack, shadow, evalset, scoring) for shadow in shadows]
+    fitted = fit_on_shadows(attack, predicted.features, [p.features for p in on_shadows], rows,
+                            lira_calibration=attack.calibration == "shadows")
+    labels = evalset.labels.numpy()  # read only now, to measure what was fitted without them
+    metrics = measure(attack.name, fitted.scores, labels, None, protocol)
+    record = {**fitted.record, "models": shadow_models_record(shadows, rows),
+              "queries_per_sample": _tidy(sum(p.queries for p in on_shadows) / len(evalset)),
+              "queries_per_sample_this_run": _tidy(sum(p.queries_this_run for p in on_shadows) / len(evalset)),
+              "seconds": round(sum(p.seconds for p in on_shadows), 3)}
+    if "threshold" in fitted.record:
+        record["target_at_threshold"] = at_threshold(fitted.scores, labels, fitted.record["threshold"])
+    return Outcome(fitted.scores, None, metrics, fitted.chosen), record
 
 
 def _with_reference(attack: Attack, outcome: Outcome, cost: dict[str, Any], reference: DiffusionTarget,

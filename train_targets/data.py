@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mia.checks import require_integer
 from mia.data.captions import captions_of
-from mia.data.duplicates import Exclusion, distinct_rows, draw_distinct_split
+from mia.data.duplicates import Candidates, Exclusion, distinct_rows, draw_distinct_split
 from mia.data.images import load_split_images
 from mia.data.pools import ImagePool
 from mia.data.split import Split
@@ -42,6 +42,7 @@ class MemberDataModule(L.LightningDataModule):
         indices: tuple[np.ndarray, np.ndarray] | None = None,
         poisson_sampling: bool = False,
         exclude: Exclusion | None = None,
+        within: Candidates | None = None,
     ) -> None:
         super().__init__()
         require_integer("batch_size", batch_size, minimum=1)
@@ -55,6 +56,7 @@ class MemberDataModule(L.LightningDataModule):
         self.indices = indices  # members' and non-members' pool indices given (split.import_from), else drawn
         self.poisson_sampling = poisson_sampling  # DP-SGD: each member joins each batch independently
         self.exclude = exclude  # split.exclude: samples (and their pixel copies) the split must not draw
+        self.within = within  # split.pool: the only samples the split may draw (a shadow model's pool)
         self.split: Split | None = None
         self.members: torch.Tensor | None = None
         self.nonmembers: torch.Tensor | None = None
@@ -68,7 +70,8 @@ class MemberDataModule(L.LightningDataModule):
             else:
                 # Exact pixel duplicates are skipped as the split is drawn: no non-member repeats a member.
                 self.split, self.members, self.nonmembers = draw_distinct_split(
-                    self.pool, self.data_config, *self.sizes, seed=self.seed, exclude=self.exclude)
+                    self.pool, self.data_config, *self.sizes, seed=self.seed, exclude=self.exclude,
+                    within=self.within)
             index_of = {sample_id: i for i, sample_id in enumerate(self.pool.ids)}
             ids = self.split.members + self.split.nonmembers
             captions = captions_of(self.pool, [index_of[sample_id] for sample_id in ids])

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mia.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
-from mia.data.duplicates import exclusion
+from mia.data.duplicates import candidates, exclusion
 from mia.data.literature import imported_indices
 from mia.data.registry import build_pool, with_absolute_root
 from mia.errors import MiaError
@@ -124,6 +124,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         indices=imported_indices(cfg.split, pool),  # split.import_from: the literature's split file
         poisson_sampling=dp is not None and dp.poisson_sampling,
         exclude=exclusion(cfg.split.get("exclude"), pool, data_config),  # split.exclude: other splits' samples
+        within=candidates(cfg.split.get("pool"), pool, data_config),  # split.pool: a shadow model's pool
     )
     split = datamodule.prepare()  # every bad-input check happens here, before any training
 

@@ -30,7 +30,7 @@ from mia.data.images import to_model_range
 from mia.errors import MiaError
 from mia.targets.base import DiffusionTarget
 
-CALIBRATIONS = ("none", "reference")
+CALIBRATIONS = ("none", "reference", "shadows")
 
 
 @dataclasses.dataclass
@@ -45,7 +45,8 @@ class Attack(ABC):
     # conditional prediction alone; > 1 costs two queries a step). Every attack has it (attack.guidance_scale).
     guidance_scale: float = dataclasses.field(default=1.0, kw_only=True)
     # Which score is reported: the attack's own (none), or the target's minus a reference model's on the same
-    # sample (reference: needs reference.path; docs/method.md, "controls"). Every attack has it.
+    # sample (reference: needs reference.path; docs/method.md, "controls"), or LiRA on shadow models (shadows:
+    # needs protocol=shadow; docs/method.md, "Shadow models"). Every attack has it.
     calibration: str = dataclasses.field(default="none", kw_only=True)
 
     def __post_init__(self) -> None:

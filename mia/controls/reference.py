@@ -21,19 +21,20 @@ from mia.scoring.engine import Predictions, ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
 
 
-def check_comparable(target: DiffusionTarget, reference: DiffusionTarget) -> None:
-    """The reference must take what the target takes: the same schedule, input shape and conditioning."""
-    where = f"the reference model {reference.source or reference.name}"
+def check_comparable(target: DiffusionTarget, reference: DiffusionTarget, where: str | None = None) -> None:
+    """The reference (or a shadow model, named by ``where``) must take what the target takes: the same schedule,
+    input shape and conditioning."""
+    where = where or f"the reference model {reference.source or reference.name}"
     if reference.sample_shape != target.sample_shape or reference.image_shape != target.image_shape:
         raise MiaError(f"{where} takes inputs of shape {list(reference.sample_shape)} (images "
                        f"{list(reference.image_shape)}) but the target takes {list(target.sample_shape)} (images "
-                       f"{list(target.image_shape)}); give a reference of the target's kind and size")
+                       f"{list(target.image_shape)}); give a model of the target's kind and size")
     same_schedule = len(reference.alphas_cumprod) == len(target.alphas_cumprod) and torch.allclose(
         reference.alphas_cumprod.cpu(), target.alphas_cumprod.cpu(), rtol=1e-6, atol=1e-9)
     if not same_schedule:
         raise MiaError(f"{where} has another noise schedule than the target ({len(reference.alphas_cumprod)} vs "
                        f"{len(target.alphas_cumprod)} steps, or other ᾱ); the same attack would ask the two models "
-                       "different questions. Give a reference trained with the target's schedule")
+                       "different questions. Give a model trained with the target's schedule")
     if reference.conditioning != target.conditioning or reference.is_latent != target.is_latent:
         raise MiaError(f"{where} is {reference.conditioning or 'unconditional'}"
                        f"{' (latent)' if reference.is_latent else ''} but the target is "

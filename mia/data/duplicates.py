@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from mia.data.captions import captions_of
@@ -138,19 +139,56 @@ def exclusion(paths: Sequence[str] | None, pool: ImagePool, data_config: Mapping
                      {"splits": [str(p) for p in paths], "samples": len(set(excluded))})
 
 
+@dataclass
+class Candidates:
+    """``split.pool``: the only samples a split may draw (those another split lists, its labels never read)."""
+
+    ids: list[str]  # sorted, so the draw depends on which samples they are, not on how that split labelled them
+    record: dict[str, Any] = field(default_factory=dict)  # what split.json keeps of it
+
+
+def candidates(path: str | None, pool: ImagePool, data_config: Mapping[str, Any]) -> Candidates | None:
+    """The members and non-members of the split.json at ``path`` as one unlabelled pool (shadow models).
+
+    A shadow model of a target draws its own members from the target's evaluation samples, so that each of
+    those samples is in some shadows' training sets and out of others' (docs/method.md, "Shadow models").
+    """
+    if not path:
+        return None
+    split = Split.load(path)
+    if split.dataset.get("name") != data_config.get("name"):
+        raise MiaError(f"split.pool: {path} is a split of the {split.dataset.get('name')} dataset, not of "
+                       f"{data_config.get('name')}; draw from a split of this dataset")
+    ids = sorted(set(split.members) | set(split.nonmembers))
+    known = set(pool.ids)
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise MiaError(f"split.pool: {len(missing)} of its samples (e.g. {missing[0]}) are not in the dataset at "
+                       f"{data_config.get('root')}; give the data.root that split was drawn from")
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return Candidates(ids, {"split": str(path), "samples": len(ids), "ids_sha256": digest})
+
+
 def draw_distinct_split(
     pool: ImagePool, data_config: Mapping[str, Any], members: int | None, nonmembers: int | None, seed: int,
-    exclude: Exclusion | None = None,
+    exclude: Exclusion | None = None, within: Candidates | None = None,
 ) -> tuple[Split, torch.Tensor, torch.Tensor]:
     """A seeded split of distinct images, with the members' and non-members' images (uint8) decoded once.
 
     Samples are taken in the seeded order; one whose pixels equal an already drawn one's is skipped and
     the next is taken, so the split keeps its sizes. A pool without duplicates gets exactly the split of
     ``make_split``. ``None`` sizes mean half of the pool's distinct images each (less what ``exclude`` holds).
-    ``exclude``: samples never drawn, nor any pixel copy of them.
+    ``exclude``: samples never drawn, nor any pixel copy of them. ``within``: the only samples drawn
+    (``split.pool``), in a seeded order of their sorted ids; ``None`` sizes are then half of them each.
     """
-    split_sizes(len(pool) - (len(exclude.ids) if exclude else 0), members, nonmembers)  # before any image is read
-    order = draw_order(len(pool), seed)
+    if within is None:
+        available, order = len(pool), draw_order(len(pool), seed)
+    else:
+        position = {sample_id: i for i, sample_id in enumerate(pool.ids)}
+        order = np.array([position[i] for i in within.ids], dtype=np.int64)[draw_order(len(within.ids), seed)]
+        available = len(within.ids)
+    excluded = 0 if exclude is None else sum(pool.ids[int(i)] in exclude.ids for i in order)
+    split_sizes(available - excluded, members, nonmembers)  # before any image is read
     if exclude is not None:
         order = order[[pool.ids[int(i)] not in exclude.ids for i in order]]
     wanted = None if members is None or nonmembers is None else members + nonmembers
@@ -197,6 +235,7 @@ def draw_distinct_split(
                      pool_size=len(pool)),
         duplicates={"rule": RULE, "left_out": dict(sorted(left_out.items()))},
         excluded=exclude.record if exclude is not None else {},
+        drawn_from=within.record if within is not None else {},
     )
     split.check()
     return split, stacked[:n_members], stacked[n_members:]

@@ -88,9 +88,10 @@ def imported_indices(split_cfg: Mapping[str, Any], pool: ImagePool) -> tuple[np.
                            f"split.import_from the file fixes the split (set split.{key}=null)")
     if split_cfg.get("seed"):
         raise MiaError("split.seed does not apply with split.import_from (the file fixes the members); leave it 0")
-    if split_cfg.get("exclude"):
-        raise MiaError("split.exclude applies to a seeded draw; with split.import_from the file fixes the split "
-                       "(leave split.exclude empty)")
+    for key in ("exclude", "pool"):
+        if split_cfg.get(key):
+            raise MiaError(f"split.{key} applies to a seeded draw; with split.import_from the file fixes the split "
+                           f"(leave split.{key} unset)")
     log.info("split from %s: %d members, %d non-members", path, len(members), len(nonmembers))
     return members, nonmembers
 

@@ -83,6 +83,7 @@ class Split:
     duplicates: dict[str, Any] = field(default_factory=dict)
     captions: dict[str, str] | None = None  # id -> caption of every sample, for captioned data (None: none)
     excluded: dict[str, Any] = field(default_factory=dict)  # split.exclude: the splits it was drawn without
+    drawn_from: dict[str, Any] = field(default_factory=dict)  # split.pool: the split whose samples it drew from
 
     def check(self) -> None:
         """Members and non-members must be distinct, non-empty and disjoint."""
@@ -137,6 +138,8 @@ class Split:
         head = {key: record[key] for key in ("format", "dataset", "seed", "duplicates")}
         if self.excluded:
             head["excluded"] = self.excluded
+        if self.drawn_from:
+            head["drawn_from"] = self.drawn_from
         lines = json.dumps(head, indent=1)[:-2]
         for key in ("members", "nonmembers"):
             lines += f',\n "{key}": {json.dumps(record[key])}'
@@ -163,6 +166,7 @@ class Split:
             duplicates=record.get("duplicates", {}),
             captions=record.get("captions"),  # records without captions: unconditional
             excluded=record.get("excluded", {}),
+            drawn_from=record.get("drawn_from", {}),
         )
         split.check()
         return split

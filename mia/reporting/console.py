@@ -50,6 +50,13 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     rows = []
     if metrics.get("n_calibration"):
         rows.append(f"  {'n_calibration':<20} {metrics['n_calibration']} (set aside; the numbers below are the rest)")
+    if "shadows" in metrics:
+        shadows = metrics["shadows"]
+        lira = shadows.get("lira", {}).get("mode")
+        rows.append(f"  {'fitted on':<20} {len(shadows['models'])} shadow models (AUC on them "
+                    f"{shadows['auc_on_shadows']:.4f}, orientation {shadows['orientation']:+.0f}"
+                    f"{f', LiRA {lira}' if lira else ''}; {shadows['queries_per_sample']} queries per sample on them); "
+                    "no target label used")
     if "tuning" in metrics:
         tuning = metrics["tuning"]
         chosen = ", ".join(f"{k}={v}" for k, v in tuning["chosen"].items())

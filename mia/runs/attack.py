@@ -7,6 +7,7 @@ set, ``mia.api.run_attack``, then the report. Nothing here computes a score or a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,36 @@ def evaluation_set_of(cfg: DictConfig, target: DiffusionTarget) -> EvaluationSet
                           allow_unverified=data.get("allow_unverified") is True)
 
 
+def shadow_paths(cfg: DictConfig) -> list[str] | None:
+    """protocol=shadow's model folders (globs expanded), checked before anything is loaded; None: no shadows."""
+    protocol = cfg.protocol
+    paths = list(protocol.get("shadows") or [])
+    if protocol.get("kind", "calibration") != "shadow":
+        if paths:
+            raise MiaError("protocol.shadows is set but the protocol is not protocol=shadow; add protocol=shadow")
+        return None
+    found: list[str] = []
+    for entry in paths:
+        if not isinstance(entry, str) or not entry:
+            raise MiaError(f"protocol.shadows must list shadow model folders, got {entry!r}")
+        matches = sorted(glob.glob(str(Path(entry).expanduser()))) if glob.has_magic(entry) else [entry]
+        if not matches:
+            raise MiaError(f"protocol.shadows: {entry} matches no folder; give the shadow models' target folders")
+        found += [m for m in matches if m not in found]
+    if len(found) < 2:
+        raise MiaError(f"protocol=shadow needs at least 2 shadow models, got {len(found)}; train more with mia-train "
+                       "split.pool=<target>/split.json split.seed=1,2,... and list them in protocol.shadows")
+    if "path" not in cfg.target:
+        raise MiaError("protocol=shadow loads each shadow as the target, by target.path; this target kind has no path")
+    return found
+
+
+def load_shadows(cfg: DictConfig, paths: list[str]) -> list[DiffusionTarget]:
+    """Each shadow loaded as the target is (its loader and settings, with target.path = the shadow)."""
+    extra = {"checkpoint": None} if "checkpoint" in cfg.target else {}  # a shadow's own final weights
+    return [build(cfg.target, path=path, **extra) for path in paths]
+
+
 def check_sections(cfg: DictConfig) -> None:
     """Each settings section must still be a section: ``data=cifar10`` is a training option, not an attack's."""
     for key in ("data", "metrics", "report", "cache", "protocol"):
@@ -92,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """One attack run from its composed config; returns metrics.json's content."""
     check_sections(cfg)
     check_run(cfg)  # every knob, the attack's and the target's keys, the device, the cache folder: before any read
+    shadows_at = shadow_paths(cfg)
     attack: Attack = build(cfg.attack, _convert_="all")
     if cfg.report.profile:
         check_profiled(attack)
@@ -101,6 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
     target.check_guidance(attack.guidance_scale)
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
+    shadows = None if shadows_at is None else load_shadows(cfg, shadows_at)
     settings = scoring_settings(cfg)
     compiled = None
     if cfg.get("compile"):  # refused before any image is read where it cannot apply
@@ -112,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evalset = evaluation_set_of(cfg, target)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
     result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings,
-                        reference=reference, blind_control=cfg.protocol.get("blind_control", True))
+                        reference=reference, blind_control=cfg.protocol.get("blind_control", True), shadows=shadows)
     if compiled is not None:
         result.metrics["compile"] = compiled()
     figures = {}

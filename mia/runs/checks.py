@@ -65,7 +65,13 @@ KNOBS: dict[str, Callable[[str, Any], None]] = {
     "protocol.blind_control": require_bool,
     "compile": require_bool,
     "compile_mode": _text(optional=False),
+    "protocol.kind": lambda key, value: _choice(key, value, ("calibration", "shadow")),
 }
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise MiaError(f"{key} must be one of {', '.join(choices)} (choose protocol=<name>), got {value!r}")
 
 
 def check_knobs(cfg: DictConfig) -> None:

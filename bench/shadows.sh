@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Shadow models for the CIFAR-10 strength targets (docs/method.md, "Shadow models"): per strength target
+# (bench/strength.sh trains them), N shadows at the target's recipe (experiment=shadows_strength_cifar10:
+# strength_cifar10 unchanged), each drawing 128 members and 1,024 non-members from the target's 1,152 samples
+# (split.pool; the target's labels are never read), then every attack under protocol=shadow:
+#   defaults/   every attack at its paper's defaults, orientation and threshold fitted on the shadows
+#   lira/       the same attacks with attack.calibration=shadows (LiRA; offline with few shadows)
+#   learned/    secmi_nn and learned (NA's features), trained on the shadows' members and non-members
+# Every target sample is an evaluation row here; the strength rows "fitted on calibration" are measured on
+# the 3/4 of the samples their calibration part left, so compare them with that in mind.
+# Each run's metrics.json and each shadow's training.json are copied under bench/shadows/.
+# Cost (not run yet): a shadow trains as its target does (runs/strength/cifar10/seed0: 725 s on 2 CPU cores
+# when the machine was quiet; several times that when it is shared), so SHADOWS=4 x 3 seeds is 12 trainings,
+# about 2.5 h quiet; the attacks query 4 shadows beside the target, about 5x a strength attack run's queries.
+# Usage: bench/shadows.sh [cifar10 root]     SHADOWS=4 (at least 2) SEEDS="0 1 2" (the strength targets)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cifar10=${1:-../shared/data/cifar10}
+bin=.venv/bin
+keep=bench/shadows
+quiet=(trainer.enable_progress_bar=false)
+count=${SHADOWS:-4}
+
+train_shadows() {  # target seed: the shadows of runs/strength/cifar10/seed<seed>, those not trained yet
+  local seed=$1 target=runs/strength/cifar10/seed$1/target todo=()
+  local shadows=runs/shadows/cifar10/seed$seed
+  # Shadow split seeds 101.. for target seed 0, 201.. for seed 1, ...: never a target's own split seed.
+  for i in $(seq 1 "$count"); do
+    local s=$((100 * (seed + 1) + i))
+    [ -f "$shadows/shadow$s/target/training.json" ] || todo+=("$s")
+  done
+  [ ${#todo[@]} -eq 0 ] && return
+  local seeds
+  seeds=$(IFS=,; echo "${todo[*]}")
+  $bin/mia-train -m experiment=shadows_strength_cifar10 data.root="$cifar10" split.pool="$target/split.json" \
+    split.seed="$seeds" logger=csv export_dir="$shadows/shadow\${split.seed}/target" \
+    hydra.sweep.dir="$shadows/sweep" "${quiet[@]}"
+}
+
+attack_with_shadows() {  # target seed
+  local seed=$1 target=runs/strength/cifar10/seed$1/target shadows=runs/shadows/cifar10/seed$1
+  local out=$shadows/attacks
+  local common=(target.path="$target" protocol=shadow "protocol.shadows=[$shadows/shadow*/target]" logger=none
+                "${quiet[@]}")
+  $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
+  $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima attack.calibration=shadows "${common[@]}" \
+    hydra.sweep.dir="$out/lira"
+  $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
+  $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
+
+  local dest=$keep/cifar10/seed$seed
+  mkdir -p "$dest"
+  for shadow in "$shadows"/shadow*/target; do
+    cp "$shadow/training.json" "$dest/$(basename "$(dirname "$shadow")")_training.json"
+  done
+  for run in "$out"/defaults/*/ "$out"/lira/*/ "$out"/learned/*/; do
+    [ -f "$run/metrics.json" ] || continue
+    local attack
+    attack=$($bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['attack'])" "$run/metrics.json")
+    cp "$run/metrics.json" "$dest/$(basename "$(dirname "$run")")_$attack.json"
+  done
+}
+
+for seed in ${SEEDS:-0 1 2}; do
+  if [ ! -f "runs/strength/cifar10/seed$seed/target/split.json" ]; then
+    echo "shadows.sh: runs/strength/cifar10/seed$seed/target is missing; train it first (bench/strength.sh)" >&2
+    exit 2
+  fi
+  train_shadows "$seed"
+  attack_with_shadows "$seed"
+done
