@@ -145,15 +145,3 @@ def tune(attack: Attack, grid: Mapping[str, Any], criterion: str, target: Diffus
     log.info("tuning %s on %d calibration samples: %s = %.4f at %s (%d settings)", attack.name, len(calibration),
              criterion, value, chosen, len(table))
     return Tuning(winner, criterion, chosen, value, queries, calibration_scores, table)
-
-
-def tune_on_calibration(attack: Attack, spec: Mapping[str, Any], target: DiffusionTarget, calibration: EvaluationSet,
-                        settings: ScoringSettings) -> Tuning:
-    """``tune(...)`` from a tune config (``tune.grid``, ``tune.criterion``), refusing keys it does not have."""
-    unknown = sorted(set(spec) - {"grid", "criterion"})
-    if unknown:
-        raise MiaError(f"tune.{unknown[0]} is not a setting of tuning; its settings are grid and criterion")
-    grid = spec.get("grid") or {}
-    if not isinstance(grid, Mapping):
-        raise MiaError(f"tune.grid must be a mapping of knobs to their values, got {grid!r}")
-    return tune(attack, dict(grid), spec.get("criterion", "auc"), target, calibration, settings)

@@ -31,7 +31,10 @@ def tune_on_calibration(attack: Attack, spec: Mapping[str, Any], target: Diffusi
     unknown = sorted(set(spec) - known)
     if unknown:
         raise MiaError(f"tune.{unknown[0]} is not a setting of tuning; its settings are {', '.join(sorted(known))}")
-    grid, criterion = dict(spec.get("grid") or {}), spec.get("criterion", "auc")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise MiaError(f"tune.grid must be a mapping of knobs to their values, got {grid!r}")
+    grid, criterion = dict(grid), spec.get("criterion", "auc")
     options = {"keep": spec.get("keep", KEEP), "min_samples": spec.get("min_samples", MIN_SAMPLES),
                "seed": spec.get("seed", 0)}
     check_options(**options)
