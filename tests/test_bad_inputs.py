@@ -174,8 +174,9 @@ def test_every_integer_knob_of_every_attack_refuses_a_float():
                     with pytest.raises(MiaError, match=f"attack.{field.name} must be an integer"):
                         cls(**{field.name: bad})
                 checked += 1
-    # NA: t k m seed; loss: t draws seed; PIA, PIAN: t seed; SecMI: t_sec interval seed; SimA: t seed
-    assert checked == 16
+    # NA: t k m seed; loss: t draws seed; PIA, PIAN: t seed; SecMI: t_sec interval seed; SimA: t seed; and
+    # FreMIA's filter_cutoff on NA, loss, PIA, PIAN and SecMI
+    assert checked == 21
 
 
 def test_mps_is_refused_for_want_of_float64(cli, tmp_path, monkeypatch):

@@ -96,7 +96,8 @@ def test_halving_from_the_command_line_counts_shared_predictions_once(tiny_targe
                  "trainer.enable_progress_bar=false", f"cache.dir={tmp_path}/cache", "attack=na", "tune=na_grid",
                  "tune.search=halving",
                  "tune.min_samples=3", "protocol.calibration=0.5", "tune.grid.t=[40,60]",
-                 "tune.grid.noise_scale=[0.1,1.0]", "tune.grid.statistic=[pairwise_l2,centroid]",
+                 "~tune.grid.injection.absolute", "tune.grid.injection.schedule.noise_scale=[0.1,1.0]",
+                 "tune.grid.statistic=[pairwise_l2,centroid]",
                  "tune.grid.direction=[down]"]
     metrics = run(compose_config("attack", overrides, tmp_path))
     tuning = metrics["tuning"]

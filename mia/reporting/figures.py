@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from mia.evaluation.metrics import ROC
 
@@ -145,7 +146,7 @@ def plot_pvalue_vs_size(sizes: Sequence[dict], control: Sequence[dict], alpha: f
     """Dataset inference: the p-value (twice the permutation test's median over the resamplings, its interquartile
     band shaded; CDI's Welch median dotted) against the suspect set size, for the suspect set and for the
     false-alarm control (suspects drawn from the reference set), on log axes."""
-    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+    figure = Figure(figsize=(9.0, 4.6), layout="constrained")
     axis = figure.subplots()
     for rows, label, color in ((sizes, "suspect vs reference", "tab:red"),
                                (control, "control: reference vs reference", "tab:blue")):
@@ -162,6 +163,9 @@ def plot_pvalue_vs_size(sizes: Sequence[dict], control: Sequence[dict], alpha: f
     axis.axhline(0.05, color="grey", ls=":", lw=1, label="0.05")
     axis.set(xscale="log", yscale="log", xlabel="suspect set size n",
              ylabel="p-value", title="was this set used in training?")
+    ticks = sorted({row["n"] for row in (*sizes, *control)})
+    axis.set_xticks(ticks, [str(n) for n in ticks])  # the sizes tried, as plain numbers
+    axis.xaxis.set_minor_locator(NullLocator())
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    figure.legend(fontsize=8, loc="outside right upper")  # beside the axes: the curves fill the lower right
     return figure
