@@ -40,7 +40,7 @@ from mia.tuning.grid import CRITERIA, Tuning, criterion_value, grid_settings
 log = logging.getLogger(__name__)
 
 KEEP = 1 / 3  # the fraction of settings kept at each rung (tune.keep)
-MIN_SAMPLES = 16  # members (and non-members) at the first rung, at least (tune.min_samples)
+MIN_SAMPLES = 4  # members (and non-members) at the first rung, at least (tune.min_samples)
 
 
 @dataclass
