@@ -95,6 +95,7 @@ class DiffusionTarget(nn.Module):
     def reset_queries(self) -> None:
         self.queries = 0
         self.gradient_passes = 0
+        self.generation_calls = 0
 
     @property
     def num_timesteps(self) -> int:
