@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,17 +109,19 @@ def criterion_value(scores: np.ndarray, labels: np.ndarray, criterion: str) -> f
     return auc(roc) if criterion == "auc" else tpr_at_fpr(roc, FPR_TARGETS[criterion])
 
 
-def tune(attack: Attack, grid: Mapping[str, Any], criterion: str, target: DiffusionTarget,
-         calibration: EvaluationSet, settings: ScoringSettings) -> Tuning:
-    """Score every grid setting on ``calibration`` and return the best by ``criterion``."""
+def check_tunable(attack: Attack, criterion: str) -> None:
+    """Refuse a criterion tuning does not know, and an attack that fits its own score (nothing left to tune)."""
     if criterion not in CRITERIA:
         raise MiaError(f"tune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if attack.learns_from_labels:
         raise MiaError(f"{attack.name} fits its own score on the calibration part; tune= applies to attacks "
                        "that fit nothing")
-    labels = calibration.labels.numpy()
-    best: tuple[float, Attack, dict[str, Any], np.ndarray] | None = None
-    table, queries, made = [], 0, set()
+
+
+def fitting_candidates(attack: Attack, grid: Mapping[str, Any], criterion: str, target: DiffusionTarget,
+                       table: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Attack]]:
+    """Each grid setting, in grid order, as an attack that fits the target; a setting the target refuses gets
+    its "skipped" row in ``table`` instead (a search appends the rows of the others as it scores them)."""
     for setting in grid_settings(attack, grid):
         candidate = dataclasses.replace(attack, **setting)  # __post_init__ validates each value
         try:
@@ -128,6 +130,17 @@ def tune(attack: Attack, grid: Mapping[str, Any], criterion: str, target: Diffus
             log.info("tuning: skipping %s, which does not fit the target: %s", setting, refusal)
             table.append({**setting, criterion: None, "skipped": str(refusal)})
             continue
+        yield setting, candidate
+
+
+def tune(attack: Attack, grid: Mapping[str, Any], criterion: str, target: DiffusionTarget,
+         calibration: EvaluationSet, settings: ScoringSettings) -> Tuning:
+    """Score every grid setting on ``calibration`` and return the best by ``criterion``."""
+    check_tunable(attack, criterion)
+    labels = calibration.labels.numpy()
+    best: tuple[float, Attack, dict[str, Any], np.ndarray] | None = None
+    table, queries, made = [], 0, set()
+    for setting, candidate in fitting_candidates(attack, grid, criterion, target, table):
         predicted = predict(candidate, target, calibration, settings)
         # The grid's cost whether or not the cache was warm: settings that share predictions pay for them once.
         shared = json.dumps(candidate.prediction_settings(), sort_keys=True, default=str)

@@ -17,7 +17,6 @@ Only the calibration samples are ever read; the evaluation samples play no part.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ from mia.data.evaluation_set import EvaluationSet
 from mia.errors import MiaError
 from mia.scoring.engine import ScoringSettings, predict
 from mia.targets.base import DiffusionTarget
-from mia.tuning.grid import CRITERIA, Tuning, criterion_value, grid_settings
+from mia.tuning.grid import Tuning, check_tunable, criterion_value, fitting_candidates
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +90,11 @@ def halve(attack: Attack, grid: Mapping[str, Sequence[Any]], criterion: str, tar
           calibration: EvaluationSet, settings: ScoringSettings, keep: float = KEEP, min_samples: int = MIN_SAMPLES,
           seed: int = 0) -> HalvingTuning:
     """Successive halving over ``grid`` on ``calibration``; the best setting left on the whole set wins."""
-    if criterion not in CRITERIA:
-        raise MiaError(f"tune.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if attack.learns_from_labels:
-        raise MiaError(f"{attack.name} fits its own score on the calibration part; tune= applies to attacks "
-                       "that fit nothing")
+    check_tunable(attack, criterion)
     check_options(keep, min_samples, seed)
     labels = calibration.labels.numpy()
     candidates, table = [], []
-    for setting in grid_settings(attack, grid):
-        candidate = dataclasses.replace(attack, **setting)  # __post_init__ validates each value
-        try:
-            candidate.check(target)
-        except MiaError as refusal:
-            log.info("tuning: skipping %s, which does not fit the target: %s", setting, refusal)
-            table.append({**setting, criterion: None, "skipped": str(refusal)})
-            continue
+    for setting, candidate in fitting_candidates(attack, grid, criterion, target, table):
         table.append({**setting, criterion: None, "samples": 0})
         candidates.append((len(table) - 1, setting, candidate))
     if not candidates:
