@@ -9,6 +9,10 @@
    batch and data; goal >= 0.95.
 3. memory: peak resident memory of an attack over 8,000 samples / over 1,000; goal <= 1.2 (each in a
    fresh process, the peak taken over the attack itself; see bench/attack_memory.py).
+4. compile=true: NA's wall time on the compiled target / on the eager one, pixel and latent (compile=true's
+   defaults: static shapes, inductor freezing, channels-last; the compile time apart, after one untimed
+   compiled run), with the largest score difference; goal <= 0.75. And mia-train's steps per second with
+   compile=true / without; goal >= 1.
 
 Absolute times on a shared machine are noisy; ratios within one run are what is reported. Everything runs
 on synthetic images in a temporary folder, so the benchmark needs no dataset.
@@ -288,6 +292,60 @@ def lora_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
             "goal": "<= 1.10", "met": ratio <= 1.10}
 
 
+def compiled_ratio(target_dir: Path, work: Path, samples: int | None, repeats: int) -> dict:
+    """NA on the target compiled as compile=true compiles it / NA on the same target eager, same samples."""
+    from mia.attacks import NoiseAggregation
+    from mia.config import build
+    from mia.data.evaluation_set import evaluation_set_for
+    from mia.runs.attack import scoring_settings
+    from mia.scoring.engine import predict
+    from mia.targets.compiled import compile_target
+
+    limits = [] if samples is None else [f"data.max_members={samples // 2}", f"data.max_nonmembers={samples // 2}"]
+    cfg = config("attack", [f"target.path={target_dir}", *limits, "cache.enabled=false", "logger=none",
+                            "trainer.enable_progress_bar=false"], work / f"compiled_{target_dir.parent.name}")
+    attack = NoiseAggregation()
+    eager, compiled = build(cfg.target), build(cfg.target)
+    record = compile_target(compiled)
+    # Decoded once up front for both sides: the ratio is the model's cost.
+    evalset = evaluation_set_for(cfg.data, eager.image_shape, eager.split, eager.source, eager.conditioning)
+    settings = scoring_settings(cfg)
+    scores = {"compiled": predict(attack, compiled, evalset, settings).features}  # untimed: holds the compiling
+
+    def timed(target, name: str) -> float:
+        predicted = predict(attack, target, evalset, settings)
+        scores[name] = predicted.features
+        return predicted.seconds
+
+    compiled_time, eager_time = best_interleaved(lambda: timed(compiled, "compiled"), lambda: timed(eager, "eager"),
+                                                 repeats)
+    ratio = compiled_time / eager_time
+    return {"na_seconds_compiled": compiled_time, "na_seconds_eager": eager_time, "samples": len(evalset),
+            "compile": record(), "max_score_difference": float(np.max(np.abs(scores["compiled"] - scores["eager"]))),
+            "ratio": ratio, "goal": "<= 0.75", "met": ratio <= 0.75}
+
+
+def compiled_training_ratio(data_root: Path, work: Path, steps: int, skip: int, repeats: int) -> dict:
+    """mia-train's steps/s with compile=true over without; interleaved repeats, the best of each kept."""
+    from train_targets.train import train
+
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    first_step: list[float] = []
+    for repeat in range(repeats):
+        for compiled in (False, True):
+            cfg = config("train", [*train_overrides(data_root, 512, 64, steps), f"compile={str(compiled).lower()}"],
+                         work / f"train_compile{repeat}_{compiled}")
+            timer = StepTimer(skip)
+            info = train(cfg, extra_callbacks=[timer])
+            runs[compiled].append(timer.steps / timer.seconds)
+            if compiled:
+                first_step.append(info["compile"]["first_step_seconds"])
+    ratio = max(runs[True]) / max(runs[False])
+    return {"compiled_steps_per_s": max(runs[True]), "eager_steps_per_s": max(runs[False]), "ratio": ratio,
+            "first_step_seconds_compiled": first_step, "all_compiled": runs[True], "all_eager": runs[False],
+            "goal": ">= 1", "met": ratio >= 1}
+
+
 def attack_memory(target_dir: Path, work: Path, per_class: int) -> dict:
     """Resident memory (MB) of a `mia-attack` over 2 x per_class samples, in a fresh process."""
     command = [sys.executable, "-m", "bench.attack_memory", f"target.path={target_dir}", "attack=na",
@@ -313,6 +371,11 @@ def pixel_ratios(results: dict, work: Path, args: argparse.Namespace) -> None:
     target_dir = work / "target_run" / "target"
     log.info("attack overhead (%d samples) ...", args.overhead_samples)
     results["attack_overhead"] = overhead_ratio(target_dir, work, args.overhead_samples, args.repeats)
+    log.info("compiled NA / eager NA (%d samples) ...", args.overhead_samples)
+    results["compiled_na"] = compiled_ratio(target_dir, work, args.overhead_samples, args.repeats)
+    log.info("compiled training / eager training (%d steps) ...", args.train_steps)
+    results["compiled_training"] = compiled_training_ratio(work / "images", work, args.train_steps, skip=10,
+                                                           repeats=args.repeats)
     log.info("peak memory (1,000 and 8,000 samples) ...")
     small, large = attack_memory(target_dir, work, 500), attack_memory(target_dir, work, 4000)
     ratio = large["peak_mb"] / small["peak_mb"]
@@ -331,7 +394,8 @@ def main() -> None:
     parser.add_argument("--overhead-samples", type=int, default=512)
     parser.add_argument("--latent-samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", choices=["latent", "lora"], help="run one ratio only (others are kept from --out)")
+    parser.add_argument("--only", choices=["latent", "compiled_latent", "lora"],
+                        help="run one ratio only (others are kept from --out)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "speed.json",
                         help="the results (kept in the repository: docs/results.md is written from it)")
     args = parser.parse_args()
@@ -348,6 +412,10 @@ def main() -> None:
         if args.only in (None, "latent"):
             log.info("latent attack overhead (%d samples) ...", args.latent_samples)
             results["latent_overhead"] = latent_overhead_ratio(work, args.latent_samples, args.repeats)
+        if args.only in (None, "compiled_latent"):
+            log.info("compiled NA / eager NA, latent target (%d samples) ...", args.latent_samples)
+            results["compiled_na_latent"] = compiled_ratio(latent_target(work, args.latent_samples), work, None,
+                                                           args.repeats)
         if args.only in (None, "lora"):
             log.info("LoRA attack overhead, live adapter / merged (%d samples) ...", args.latent_samples)
             results["lora_overhead"] = lora_overhead_ratio(work, args.latent_samples, args.repeats)
@@ -356,7 +424,8 @@ def main() -> None:
     print(f"\nspeed benchmark ({results['machine']}); ratios within this run:")
     for name, key in (("attack overhead", "attack_overhead"), ("latent overhead", "latent_overhead"),
                       ("LoRA live / merged", "lora_overhead"), ("training throughput", "training"),
-                      ("memory 8k / 1k", "memory")):
+                      ("memory 8k / 1k", "memory"), ("compiled NA / eager", "compiled_na"),
+                      ("  latent", "compiled_na_latent"), ("compiled training", "compiled_training")):
         if key not in results:
             continue
         entry = results[key]

@@ -8,6 +8,11 @@
 #   tuned/      every attack with its knobs tuned on the calibration part (tune=<grid>), run once on the rest
 #   learned/    secmi_nn and learned on NA's features, trained on the calibration part
 #   variant/    NA with statistic=magnitude (not the paper's; docs/results.md, "Why NA flips")
+#   absolute/   NA under the other reading of its σ: attack.injection=absolute attack.sigma=0.1 (docs/method.md)
+#   fremia/     NA, loss, PIA, PIAN and SecMI with FreMIA's filter (attack.frequency_filter=high, its defaults)
+#   gradient/   GSA1 and GSA2 (per-sample gradient norms, XGBoost fitted on the calibration part)
+#   blackbox/   ReDiffuse at its defaults (image variation through the generation call only)
+# STRENGTH_ROWS=new runs only the last four on targets already attacked (e.g. after adding attacks).
 # Each run's small files (metrics.json, summary.csv, training.json) are copied under bench/strength/, so
 # `python -m bench.strength_report` rewrites docs/results.md's strength section on any machine, no retraining.
 # Usage: bench/strength.sh [cifar10 root] [celeba root]   (CIFAR-10 + DP took about 95 minutes here, 2 CPU cores)
@@ -40,8 +45,18 @@ attack_target() {  # dataset name [label overrides...]: the target runs/strength
   shift $(($# < 3 ? $# : 3))
   local out=runs/strength/$dataset/$label
   local common=(target.path="$target" protocol.calibration=0.25 logger=none "${quiet[@]}" "$@")
-  $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
-  if [ -z "${DEFAULTS_ONLY:-}" ]; then  # DEFAULTS_ONLY=1: the defaults row only
+  local rows=${STRENGTH_ROWS:-all}
+  [ "$rows" = new ] || $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" \
+    hydra.sweep.dir="$out/defaults"
+  if [ -z "${DEFAULTS_ONLY:-}" ] && [ "$rows" != base ]; then
+    $bin/mia-attack attack=na attack.injection=absolute attack.sigma=0.1 "${common[@]}" \
+      hydra.run.dir="$out/absolute/na"
+    $bin/mia-attack -m attack=na,loss,pia,pian,secmi attack.frequency_filter=high "${common[@]}" \
+      hydra.sweep.dir="$out/fremia"
+    $bin/mia-attack attack=rediffuse "${common[@]}" hydra.run.dir="$out/blackbox/rediffuse"
+    $bin/mia-attack -m attack=gsa1,gsa2 "${common[@]}" hydra.sweep.dir="$out/gradient"
+  fi
+  if [ -z "${DEFAULTS_ONLY:-}" ] && [ "$rows" = all ]; then  # DEFAULTS_ONLY=1: the defaults row only
     for pair in na:na_grid loss:loss_t pia:pia_t pian:pian_t secmi:secmi_t_sec sima:sima_t; do
       $bin/mia-attack attack="${pair%%:*}" tune="${pair##*:}" "${common[@]}" hydra.run.dir="$out/tuned/${pair%%:*}"
     done
@@ -54,8 +69,8 @@ attack_target() {  # dataset name [label overrides...]: the target runs/strength
   local dest=$keep/$dataset/$label
   mkdir -p "$dest"
   cp "$target/training.json" "$dest/training.json"
-  cp "$out/defaults/summary.csv" "$dest/defaults_summary.csv"
-  for run in "$out"/defaults/*/ "$out"/tuned/*/ "$out"/learned/*/ "$out"/variant/*/; do
+  [ ! -f "$out/defaults/summary.csv" ] || cp "$out/defaults/summary.csv" "$dest/defaults_summary.csv"
+  for run in "$out"/{defaults,tuned,learned,variant,absolute,fremia,gradient,blackbox}/*/; do
     [ -f "$run/metrics.json" ] || continue
     local attack
     attack=$($bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['attack'])" "$run/metrics.json")

@@ -24,9 +24,15 @@ RESULTS = REPO / "docs" / "results.md"
 MARKER = "<!-- notes -->"
 ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima")] + \
        [("tuned", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima")] + \
-       [("learned", "secmi_nn"), ("learned", "learned"), ("variant", "na")]
+       [("learned", "secmi_nn"), ("learned", "learned"), ("variant", "na"), ("absolute", "na")] + \
+       [("fremia", a) for a in ("na", "loss", "pia", "pian", "secmi")] + \
+       [("gradient", "gsa1"), ("gradient", "gsa2"), ("blackbox", "rediffuse")]
 LABEL = {"defaults": "{} (defaults)", "tuned": "{} (tuned)", "learned": "{}",
-         "variant": "{}, statistic=magnitude (a variant, not the paper's)"}
+         "variant": "{}, statistic=magnitude (a variant, not the paper's)",
+         "absolute": "{}, injection=absolute σ=0.1 (the other reading of the paper's σ)",
+         "fremia": "{} + FreMIA's filter (frequency_filter=high)",
+         "gradient": "{} (per-sample gradients; as many backward passes as queries)",
+         "blackbox": "{} (black box: generation calls only)"}
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class TextToImageTarget(DenoisingTarget):
     # --- the frozen autoencoder --------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()  # compile=true
         self.vae.to(self.device)
         if self.vae_ready:
             return

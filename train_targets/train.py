@@ -13,6 +13,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mia.checks import require_bool
 from mia.config import TRAIN_CONFIG_DIR, build, build_loggers, instantiate_group
 from mia.data.duplicates import candidates, exclusion
 from mia.data.literature import imported_indices
@@ -21,6 +22,7 @@ from mia.errors import MiaError
 from mia.reporting.console import quiet_libraries
 from mia.reporting.provenance import provenance
 from mia.runs.exit import run_or_exit
+from mia.targets.compiled import MODES
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.lora import LoRATarget
@@ -97,6 +99,38 @@ def check_trainer_for_dp(cfg: DictConfig) -> None:
                        "clipped with them, are not supported here)")
 
 
+class FirstStepTimer(L.Callback):
+    """Wall time of the first training step, which is where ``compile=true`` compiles (training.json records it)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.seconds: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.seconds is None and self.started is not None:
+            self.seconds = time.perf_counter() - self.started
+
+
+def compile_mode(cfg: DictConfig, dp: Any) -> str | None:
+    """``compile=true``: the torch.compile mode the denoiser trains under, or None; refused where it cannot apply."""
+    require_bool("compile", cfg.get("compile", False))
+    if not cfg.get("compile"):
+        return None
+    mode = cfg.get("compile_mode", "default")
+    if mode not in MODES:
+        raise MiaError(f"compile_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if dp is not None:
+        raise MiaError("compile=true does not apply with training.dp: Opacus computes per-sample gradients with "
+                       "hooks on the eager modules; train the DP-SGD target with compile=false")
+    return mode
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Build data, model and trainer from the config, fit, export; returns the training summary."""
     started = time.time()
@@ -136,6 +170,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if dp is not None and not isinstance(model, DDPMTarget):
         raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
                        f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
+    model.compile_mode = compile_mode(cfg, dp)
     model.check_fits(pool.channels, pool.image_size)
     if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
         model.check_data(datamodule)
@@ -143,9 +178,11 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         model.privacy = PrivateTraining(dp, members=len(split.members), max_steps=cfg.trainer.max_steps)
         model.privacy.check_model(model.denoiser)
         model.privacy.plan(datamodule.sample_rate)  # an unreachable ε: refused here
+    first_step = FirstStepTimer()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*instantiate_group(cfg.get("callbacks")), EpochsOfMaxSteps(), *(extra_callbacks or [])],
+        callbacks=[*instantiate_group(cfg.get("callbacks")), EpochsOfMaxSteps(), first_step,
+                   *(extra_callbacks or [])],
         logger=build_loggers(cfg.get("logger")),
     )
     if dp is not None and trainer.world_size > 1:
@@ -182,6 +219,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         "provenance": provenance(device=str(trainer.strategy.root_device), split=split),
         **model.training_record(),  # e.g. a LoRA's base (path and fingerprint), rank and alpha
     }
+    if model.compile_mode is not None:  # the first step holds the compiling (a resumed run's first step, after it)
+        info["compile"] = {"mode": model.compile_mode, "first_step_seconds": first_step.seconds}
     if dp is not None:
         info["dp"] = model.privacy.spent()
         spent = info["dp"]

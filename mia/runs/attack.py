@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,26 @@ def report(cfg: DictConfig, result: AttackResult, evalset: EvaluationSet, extra_
         log.info("W&B run (offline): %s; upload with `make sync` or `wandb sync %s`", run_dir, run_dir)
 
 
+def compiled_targets(cfg: DictConfig, target: DiffusionTarget, reference: DiffusionTarget | None,
+                     settings: ScoringSettings) -> tuple[Callable[[], dict[str, Any]] | None, ScoringSettings]:
+    """``compile=true``: the target (and reference) compiled in place, and the cache folder their predictions go to.
+
+    Refused before any image is read where it cannot apply. Compiled predictions equal eager ones within a
+    tolerance, not bitwise, so they are cached apart from eager entries, per compile setting.
+    """
+    if not cfg.get("compile"):
+        return None, settings
+    options = {"mode": cfg.compile_mode, "freeze": cfg.compile_freeze, "channels_last": cfg.compile_channels_last}
+    compiled = compile_target(target, **options)
+    if reference is not None:
+        compile_target(reference, **options)
+    if settings.cache_dir is not None:
+        kind = "_".join([cfg.compile_mode, *(["frozen"] if options["freeze"] else []),
+                         *(["nhwc"] if options["channels_last"] else [])])
+        settings = dataclasses.replace(settings, cache_dir=f"{settings.cache_dir}/compiled_{kind}")
+    return compiled, settings
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One attack run from its composed config; returns metrics.json's content."""
     check_sections(cfg)
@@ -135,13 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     reference = build(cfg.reference) if cfg.get("reference") and cfg.reference.get("path") else None
     shadows = None if shadows_at is None else load_shadows(cfg, shadows_at)
     settings = scoring_settings(cfg)
-    compiled = None
-    if cfg.get("compile"):  # refused before any image is read where it cannot apply
-        compiled = compile_target(target, cfg.compile_mode)
-        if reference is not None:
-            compile_target(reference, cfg.compile_mode)
-        if settings.cache_dir is not None:  # within tolerance of eager, not equal: kept apart from eager entries
-            settings = dataclasses.replace(settings, cache_dir=f"{settings.cache_dir}/compiled_{cfg.compile_mode}")
+    compiled, settings = compiled_targets(cfg, target, reference, settings)
     evalset = evaluation_set_of(cfg, target)
     tune = OmegaConf.to_container(cfg.tune, resolve=True) if cfg.get("tune") else None
     result = run_attack(target, attack, evalset=evalset, protocol=protocol_of(cfg), tune=tune, scoring=settings,

@@ -18,7 +18,7 @@ from mia.checks import require_bool, require_integer, require_number
 from mia.config import build, build_loggers
 from mia.errors import MiaError
 from mia.reporting.wandb_run import log_audit_to_wandb
-from mia.runs.attack import scoring_settings
+from mia.runs.attack import compiled_targets, scoring_settings
 from mia.runs.checks import check_attack_settings, check_cache_dir, check_device, check_target_settings
 from mia.scoring.ranks import is_rank_zero
 
@@ -61,6 +61,8 @@ def check_audit(cfg: DictConfig) -> InferenceSettings:
         if node is not None:
             check_attack_settings(node, f"audit.features.{name}")
     check_target_settings(cfg.target)
+    for key in ("compile", "compile_freeze", "compile_channels_last"):
+        require_bool(key, cfg.get(key, False))
     check_device(cfg.trainer)
     check_cache_dir(cfg)
     return settings
@@ -73,13 +75,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
     check_sets(data.get("suspect"), data.get("reference"))
     target = build(cfg.target)
+    compiled, scoring = compiled_targets(cfg, target, None, scoring_settings(cfg))  # refused before any read
     evalset = evaluation_set(target, data.get("suspect"), data.get("reference"), root=data.get("root"),
                              image_size=data.get("image_size"), max_members=data.get("max_members"),
                              max_nonmembers=data.get("max_nonmembers"), caption=data.get("caption"),
                              allow_unverified=data.get("allow_unverified") is True)
     result = run_audit(target, data.get("suspect"), data.get("reference"), evalset=evalset,
                        suspect_from=data.suspect_from, suspect_count=data.get("suspect_count"), features=features,
-                       settings=settings, scoring=scoring_settings(cfg), blind_control=cfg.audit.blind_control)
+                       settings=settings, scoring=scoring, blind_control=cfg.audit.blind_control)
+    if compiled is not None:
+        result.details["compile"] = compiled()
     record = result.to_dict()
     if not is_rank_zero():
         return record

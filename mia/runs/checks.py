@@ -65,6 +65,8 @@ KNOBS: dict[str, Callable[[str, Any], None]] = {
     "protocol.blind_control": require_bool,
     "compile": require_bool,
     "compile_mode": _text(optional=False),
+    "compile_freeze": require_bool,
+    "compile_channels_last": require_bool,
     "protocol.kind": lambda key, value: _choice(key, value, ("calibration", "shadow")),
 }
 
