@@ -62,11 +62,16 @@ trained=$(date +%s)
 "${attack[@]}" -m attack=na,loss,pia,pian,secmi,sima target.path="$out/target" trainer.accelerator=$device \
   logger=none cache.enabled=false "${quiet[@]}" hydra.sweep.dir="$out/attacks" >"$out/attacks.log" 2>&1 \
   || { tail -5 "$out/attacks.log" >&2; echo "gpu_strength: an attack failed (see $out/attacks.log)" >&2; exit 1; }
+# NA under the other reading of its paper's σ (x_t = √ᾱ_t·x0 + 0.1·ε; docs/method.md): the same queries.
+"${attack[@]}" attack=na attack.injection=absolute attack.sigma=0.1 target.path="$out/target" \
+  trainer.accelerator=$device logger=none cache.enabled=false "${quiet[@]}" hydra.run.dir="$out/attacks_absolute/na" \
+  >>"$out/attacks.log" 2>&1 \
+  || { tail -5 "$out/attacks.log" >&2; echo "gpu_strength: an attack failed (see $out/attacks.log)" >&2; exit 1; }
 finished=$(date +%s)
 
 cp "$out/target/training.json" "$out/training.json"
 "$bin/python" - "$out" "$members" $((trained - started)) $((finished - trained)) <<'EOF' | tee "$out/table.txt"
-import json, shutil, sys
+import dataclasses, json, shutil, sys
 from pathlib import Path
 
 import torch
@@ -78,6 +83,9 @@ runs = sorted(p.parent for p in (out / "attacks").glob("*/metrics.json"))
 results = [mia.AttackResult.load(run) for run in runs]
 for run, result in zip(runs, results):
     shutil.copy(run / "metrics.json", out / "metrics" / f"{result.attack}.json")
+absolute = out / "attacks_absolute" / "na"
+shutil.copy(absolute / "metrics.json", out / "metrics" / "na_absolute.json")
+results.append(dataclasses.replace(mia.AttackResult.load(absolute), attack="na (injection=absolute, σ=0.1)"))
 card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA)"
 training = json.loads((out / "training.json").read_text())
 precision = training.get("config", {}).get("trainer", {}).get("precision", "?")

@@ -11,9 +11,8 @@
 #                model's own AUC on the same samples (reference_model) and the reference-calibrated score
 #   tuned/       each attack tuned on the calibration part (tune=<grid>), with the base as reference too
 # Each run's small files are copied under bench/lora/ (no retraining to regenerate the tables).
-# Not yet disjoint: the base's autoencoder trains on pool photos outside the base's split (the demo's recipe),
-# which its split.json does not list, so split.exclude cannot keep them out of the fine-tunes' splits; the
-# VAE only encodes (the UNets never saw those photos), but a strict run needs them recorded in split.json.
+# The base's autoencoder trains on pool photos outside the base's split (the demo's recipe); its split.json
+# lists them (also_trained_on), so split.exclude keeps them out of the fine-tunes' splits as well.
 # Usage: bench/lora.sh [flickr8k root]; DRY_RUN=1 prints the commands instead of running them.
 # Cost (estimated from the demo's 0.8 s per step at batch 32 on 2 CPU cores, not measured): base ~30 min,
 # 3 LoRA fine-tunes ~8 min, 3 full fine-tunes ~12 min, attacks ~35 min: about 90 minutes.

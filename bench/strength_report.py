@@ -238,6 +238,11 @@ def speed_section() -> list[str]:
         rows.append(f"| attack overhead, latent text-to-image target: NA ÷ (k UNet passes + one VAE encode + one "
                     f"text-encoder pass) | {a['ratio']:.3f} | ≤ 1.10 | {a['na_seconds']:.2f} s vs "
                     f"{a['plain_seconds']:.2f} s over {a['samples']} samples |")
+    if "lora_overhead" in s:
+        a = s["lora_overhead"]
+        rows.append(f"| LoRA fine-tune: NA with the adapter live ÷ merged | {a['ratio']:.3f} | ≤ 1.10 | "
+                    f"{a['na_seconds_live']:.2f} s vs {a['na_seconds_merged']:.2f} s over {a['samples']} samples; "
+                    f"scores differ by ≤ {a['max_score_difference']:.1e} |")
     if "training" in s:
         a = s["training"]
         rows.append(f"| training: mia-train ÷ plain loop (steps/s) | {a['ratio']:.3f} | ≥ 0.95 | "
@@ -246,6 +251,20 @@ def speed_section() -> list[str]:
         a = s["memory"]
         rows.append(f"| memory: peak RSS 8,000 ÷ 1,000 samples | {a['ratio']:.3f} | ≤ 1.2 | "
                     f"{a['peak_rss_mb_8000']:.0f} MB vs {a['peak_rss_mb_1000']:.0f} MB |")
+    if "compiled_na" in s:
+        for key, what in (("compiled_na", "pixel"), ("compiled_na_latent", "latent text-to-image")):
+            if key in s:
+                a = s[key]
+                seconds = ", ".join(f"{k} {v:.0f} s" for k, v in a["compile"]["compile_seconds"].items())
+                rows.append(f"| compile=true: compiled NA ÷ eager NA ({what}) | {a['ratio']:.3f} | ≤ 0.75 | "
+                            f"{a['na_seconds_compiled']:.2f} s vs {a['na_seconds_eager']:.2f} s over {a['samples']} "
+                            f"samples; compiling: {seconds}; scores differ by ≤ {a['max_score_difference']:.1e} |")
+    if "compiled_training" in s:
+        a = s["compiled_training"]
+        first = ", ".join(f"{v:.0f} s" for v in a["first_step_seconds_compiled"])
+        rows.append(f"| compile=true: mia-train steps/s, compiled ÷ eager | {a['ratio']:.3f} | ≥ 1 | "
+                    f"{a['compiled_steps_per_s']:.2f} vs {a['eager_steps_per_s']:.2f} steps/s; first step "
+                    f"(compiling): {first} |")
     return ["## Speed", "", f"`make bench` ({s['machine']}); each ratio is measured within one run:", "",
             "| ratio | measured | goal | numbers |", "|---|---|---|---|", *rows, "",
             "Synthetic images; pixel: 16x16 `ddpm_small`, NA at its defaults over 512 samples; latent: the "

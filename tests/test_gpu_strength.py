@@ -29,11 +29,14 @@ def test_tiny_run_writes_one_table_and_each_runs_metrics(tmp_path: Path):
     table = (out / "table.txt").read_text().splitlines()
     assert table[0].startswith("gpu_strength on ") and "16 members vs 16 non-members, 4 steps" in table[0]
     assert table[1].split()[:2] == ["attack", "auc"]
-    assert sorted(line.split()[0] for line in table[2:]) == sorted(ATTACKS)
+    assert sorted(line.split()[0] for line in table[2:]) == sorted([*ATTACKS, "na"])  # NA under both readings
+    assert any(line.startswith("na (injection=absolute, σ=0.1)") for line in table[2:])
     assert done.stdout.splitlines()[-len(table):] == table  # printed as written
     for attack in ATTACKS:
         metrics = json.loads((out / "metrics" / f"{attack}.json").read_text())
         assert metrics["attack"] == attack and metrics["n_members"] == metrics["n_nonmembers"] == 16
+    absolute = json.loads((out / "metrics" / "na_absolute.json").read_text())
+    assert absolute["attack"] == "na" and absolute["settings"]["injection"] == "absolute"
     assert json.loads((out / "training.json").read_text())["steps"] == 4
 
 

@@ -14,6 +14,7 @@ from conftest import compose_config, write_images
 from diffusers import StableDiffusionPipeline
 
 from mia.data.captions import CaptionedFolderPool, read_captions
+from mia.data.duplicates import exclusion
 from mia.data.images import load_split_images
 from mia.data.split import Split, fingerprint
 from mia.errors import MiaError
@@ -159,6 +160,18 @@ def test_export_loads_in_stable_diffusion_and_samples_with_a_prompt(t2i_target):
     assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end) == ("scaled_linear", 0.00085, 0.012)
     assert pipeline.vae.config.latent_channels == 4 and pipeline.unet.config.sample_size == 4
     assert pipeline.vae.config.scaling_factor != 0.18215  # measured on the autoencoder's training images
+
+
+def test_the_split_records_the_autoencoders_images_and_exclude_keeps_them_out(t2i_target):
+    data, target, _ = t2i_target
+    split = Split.load(target / "split.json")
+    trained_on = split.also_trained_on["autoencoder"]
+    # 40 images, 16 in the split: the autoencoder trained on the other 24 (fewer than target.autoencoder.images).
+    assert len(trained_on) == len(set(trained_on)) == IMAGES - 16
+    assert not set(trained_on) & set(split.members + split.nonmembers)
+    pool = CaptionedFolderPool(str(data), 16)
+    excluded = exclusion([str(target / "split.json")], pool, {"name": split.dataset["name"], "root": str(data)})
+    assert excluded.ids == set(trained_on) | set(split.members) | set(split.nonmembers) == set(pool.ids)
 
 
 def test_the_split_records_every_caption_and_the_run(t2i_target):

@@ -50,11 +50,12 @@ def outside_split(pool: ImagePool, split: Split) -> list[int]:
     return free
 
 
-def images_outside_split(pool: ImagePool, split: Split, count: int, seed: int) -> torch.Tensor:
-    """Up to ``count`` seeded pool images that are neither members nor non-members, uint8 [N, C, H, W]."""
-    chosen = np.random.default_rng(seed).permutation(outside_split(pool, split))[:count]
-    images, _ = load_images(pool, chosen.tolist())
-    return images
+def images_outside_split(pool: ImagePool, split: Split, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Up to ``count`` seeded pool images that are neither members nor non-members, uint8 [N, C, H, W], and
+    their ids (the split records them: ``also_trained_on``)."""
+    chosen = np.random.default_rng(seed).permutation(outside_split(pool, split))[:count].tolist()
+    images, _ = load_images(pool, chosen)
+    return images, [pool.ids[i] for i in chosen]
 
 
 def train_autoencoder(

@@ -104,6 +104,10 @@ class DenoisingTarget(L.LightningModule):
         """training.json's ``parameters``: those that learn the members (the denoiser's, by default)."""
         return sum(p.numel() for p in self.denoiser.parameters())
 
+    def also_trained_on(self) -> dict[str, list[str]]:
+        """Pool samples outside the split that a part of the model trained on, by part (split.json records them)."""
+        return {}
+
     def training_record(self) -> dict[str, Any]:
         """What the target adds to training.json (e.g. a LoRA's base and rank); nothing by default."""
         return {}

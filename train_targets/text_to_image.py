@@ -91,6 +91,7 @@ class TextToImageTarget(DenoisingTarget):
             given = load_vae(vae_from) if vae_from else None
             parts = build_parts(image_size, channels, unet, vae, text_encoder, scheduler, tokenizer_max_length, given)
         self.vae_ready = bool(init_from or vae_from)  # else it is trained first, in on_fit_start
+        self.autoencoder_ids: list[str] | None = None  # the pool images it is trained on here, once it is
         self.unet = parts.unet
         self.text_encoder = parts.text_encoder
         self.text_encoder.requires_grad_(train_text_encoder)
@@ -141,7 +142,8 @@ class TextToImageTarget(DenoisingTarget):
             return
         datamodule = self.trainer.datamodule
         settings = self.autoencoder_training
-        images = images_outside_split(datamodule.pool, datamodule.prepare(), settings.images, settings.seed)
+        images, self.autoencoder_ids = images_outside_split(datamodule.pool, datamodule.prepare(), settings.images,
+                                                            settings.seed)
         log.info("training the autoencoder on %d pool images outside the split for %d steps",
                  len(images), settings.steps)
         train_autoencoder(self.vae, images, settings, self.device, self.loggers)
@@ -154,9 +156,13 @@ class TextToImageTarget(DenoisingTarget):
         self.vae_ready = True
         log.info("autoencoder ready (latent scaling factor %.4f)", self.vae.config.scaling_factor)
 
+    def also_trained_on(self) -> dict[str, list[str]]:
+        # An autoencoder from another folder (vae_from, init_from) was trained there: that folder's split says on what.
+        return {"autoencoder": self.autoencoder_ids} if self.autoencoder_ids else {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["autoencoder"] = {"config": dict(self.vae.config), "state_dict": self.vae.state_dict(),
-                                     "ready": self.vae_ready}
+                                     "ready": self.vae_ready, "trained_on": self.autoencoder_ids}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("autoencoder")
@@ -166,6 +172,7 @@ class TextToImageTarget(DenoisingTarget):
         vae.load_state_dict(saved["state_dict"])
         self.frozen.vae = vae.eval().requires_grad_(False)
         self.vae_ready = saved["ready"]
+        self.autoencoder_ids = saved.get("trained_on")  # None: a checkpoint from before the ids were kept
 
     # --- training ----------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -229,6 +230,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
                  spent["noise_multiplier"], spent["max_grad_norm"], spent["accountant"])
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info
+    if model.also_trained_on():  # e.g. a text-to-image autoencoder's images: split.exclude keeps them out too
+        split = dataclasses.replace(split, also_trained_on=model.also_trained_on())
     export_target(model.export(), split, export_dir, info, overwrite=cfg.overwrite)
     log.info(
         "trained %d steps (%.0f epochs over %d members, %.2f M parameters) in %.0f s; target: %s",

@@ -7,6 +7,7 @@ attacks' comparisons (those attacks reach the model only through ``mia.targets.g
 
 from mia.attacks.base import Attack
 from mia.attacks.clid import CLiDClassifier, CLiDThreshold
+from mia.attacks.gsa import GSA1, GSA2
 from mia.attacks.loss import LossAttack
 from mia.attacks.noise_aggregation import NoiseAggregation
 from mia.attacks.pia import PIA, PIAN
@@ -16,5 +17,5 @@ from mia.attacks.sample_noise import SampleNoise
 from mia.attacks.secmi import SecMI
 from mia.attacks.sima import SimA
 
-__all__ = ["PIA", "PIAN", "Attack", "CLiDClassifier", "CLiDThreshold", "LossAttack", "NoiseAggregation", "ReDiffuse",
-           "Reconstruction", "SampleNoise", "SecMI", "SimA"]
+__all__ = ["GSA1", "GSA2", "PIA", "PIAN", "Attack", "CLiDClassifier", "CLiDThreshold", "LossAttack", "NoiseAggregation",
+           "ReDiffuse", "Reconstruction", "SampleNoise", "SecMI", "SimA"]

@@ -114,10 +114,12 @@ class Exclusion:
 
 
 def exclusion(paths: Sequence[str] | None, pool: ImagePool, data_config: Mapping[str, Any]) -> Exclusion | None:
-    """``split.exclude``: the members and non-members of these split.json files, read from ``pool``.
+    """``split.exclude``: the members and non-members of these split.json files, read from ``pool``, and the
+    samples another part of their model trained on (``also_trained_on``: a text-to-image autoencoder's).
 
     A reference or shadow model trained on a split drawn without them never saw a target's evaluation samples,
-    not even as a pixel copy under another id (CIFAR-10 has some).
+    not even as a pixel copy under another id (CIFAR-10 has some); a fine-tune's split drawn without its base's
+    never evaluates on a sample the base trained on.
     """
     if not paths:
         return None
@@ -128,7 +130,8 @@ def exclusion(paths: Sequence[str] | None, pool: ImagePool, data_config: Mapping
         if name != data_config.get("name"):
             raise MiaError(f"split.exclude: {path} is a split of the {name} dataset, not of {data_config.get('name')}; "
                            "its samples cannot be told apart in this pool")
-        excluded += split.members + split.nonmembers
+        excluded += split.members + split.nonmembers + [i for ids in split.also_trained_on.values() for i in ids]
+    excluded = list(dict.fromkeys(excluded))  # each once, in order
     position = {sample_id: i for i, sample_id in enumerate(pool.ids)}
     missing = [i for i in excluded if i not in position]
     if missing:

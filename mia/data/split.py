@@ -84,6 +84,9 @@ class Split:
     captions: dict[str, str] | None = None  # id -> caption of every sample, for captioned data (None: none)
     excluded: dict[str, Any] = field(default_factory=dict)  # split.exclude: the splits it was drawn without
     drawn_from: dict[str, Any] = field(default_factory=dict)  # split.pool: the split whose samples it drew from
+    # Samples outside the split that another part of the model trained on, by part (a text-to-image target's
+    # autoencoder: {"autoencoder": [ids]}); split.exclude keeps them out of another split too.
+    also_trained_on: dict[str, list[str]] = field(default_factory=dict)
 
     def check(self) -> None:
         """Members and non-members must be distinct, non-empty and disjoint."""
@@ -145,6 +148,8 @@ class Split:
             lines += f',\n "{key}": {json.dumps(record[key])}'
         if self.captions is not None:
             lines += f',\n "captions": {json.dumps(self.captions)}'
+        if self.also_trained_on:
+            lines += f',\n "also_trained_on": {json.dumps(self.also_trained_on)}'
         Path(path).write_text(lines + "\n}\n")
 
     @classmethod
@@ -167,6 +172,7 @@ class Split:
             captions=record.get("captions"),  # records without captions: unconditional
             excluded=record.get("excluded", {}),
             drawn_from=record.get("drawn_from", {}),
+            also_trained_on=record.get("also_trained_on", {}),
         )
         split.check()
         return split
