@@ -144,6 +144,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     dp = dp_settings(cfg.get("training", {}).get("dp"))  # a bad combination is refused here, before any work
     if dp is not None:
         check_trainer_for_dp(cfg)
+    compile_as = compile_mode(cfg, dp)  # compile=true: refused here, before any image is read, where it cannot apply
 
     data_config = with_absolute_root(OmegaConf.to_container(cfg.data, resolve=True))
     pool = build_pool(data_config)
@@ -171,7 +172,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if dp is not None and not isinstance(model, DDPMTarget):
         raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
                        f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
-    model.compile_mode = compile_mode(cfg, dp)
+    model.compile_mode = compile_as
     model.check_fits(pool.channels, pool.image_size)
     if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
         model.check_data(datamodule)
