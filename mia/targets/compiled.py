@@ -9,7 +9,7 @@ whole (data-dependent Python, unsupported calls) fail at its first call, which i
 the module and the reason, instead of silently running half eager. The first call of each compiled forward
 (compiling plus one forward) is timed apart: ``compile_seconds``.
 
-Two options that bench/speed.py measured on CPU (docs/results.md, "Speed"): ``freeze`` (inductor's
+X
 freezing: the weights are folded into the graph as constants at the first no-grad call, so the mia targets,
 whose weights never change after loading, lose nothing; passes that need gradients, GSA's, are compiled
 without it) and ``channels_last`` (the module's weights and its 4-D inputs in NHWC, the layout the CPU and
