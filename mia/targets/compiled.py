@@ -9,11 +9,11 @@ whole (data-dependent Python, unsupported calls) fail at its first call, which i
 the module and the reason, instead of silently running half eager. The first call of each compiled forward
 (compiling plus one forward) is timed apart: ``compile_seconds``.
 
-X
-freezing: the weights are folded into the graph as constants at the first no-grad call, so the mia targets,
-whose weights never change after loading, lose nothing; passes that need gradients, GSA's, are compiled
-without it) and ``channels_last`` (the module's weights and its 4-D inputs in NHWC, the layout the CPU and
-GPU convolution kernels prefer).
+Two options that bench/compile_options.py measured faster on CPU (docs/results.md, "Compiled denoisers"):
+``freeze`` (inductor's freezing: the weights are folded into the graph as constants at the first no-grad
+call, so the mia targets, whose weights never change after loading, lose nothing; passes that need
+gradients, GSA's, are compiled without it) and ``channels_last`` (the module's weights and its 4-D inputs
+in NHWC, the layout the CPU and GPU convolution kernels prefer).
 """
 
 from __future__ import annotations
