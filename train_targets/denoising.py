@@ -63,7 +63,7 @@ class DenoisingTarget(L.LightningModule):
         # configure_model: Lightning's weight averaging warns on any model that overrides it). nn.Module.compile
         # works in place, so state_dict keys, checkpoints and the export are unchanged. Shapes are static first;
         # a batch of another size (an epoch's last, a preview) recompiles once, with a dynamic batch size.
-        if self.compile_mode is not None and getattr(self.denoiser, "_compiled_call_impl", None) is None:
+        if self.compile_mode is not None:
             self.denoiser.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
 
     # --- what a target says ----------------------------------------------------------------------------

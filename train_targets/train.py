@@ -23,7 +23,7 @@ from mia.errors import MiaError
 from mia.reporting.console import quiet_libraries
 from mia.reporting.provenance import provenance
 from mia.runs.exit import run_or_exit
-from mia.targets.compiled import MODES
+from mia.targets.compiled import check_compile_mode
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
 from train_targets.lora import LoRATarget
@@ -124,8 +124,7 @@ def compile_mode(cfg: DictConfig, dp: Any) -> str | None:
     if not cfg.get("compile"):
         return None
     mode = cfg.get("compile_mode", "default")
-    if mode not in MODES:
-        raise MiaError(f"compile_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_compile_mode(mode)
     if dp is not None:
         raise MiaError("compile=true does not apply with training.dp: Opacus computes per-sample gradients with "
                        "hooks on the eager modules; train the DP-SGD target with compile=false")

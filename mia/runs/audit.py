@@ -19,7 +19,7 @@ from mia.config import build, build_loggers
 from mia.errors import MiaError
 from mia.reporting.wandb_run import log_audit_to_wandb
 from mia.runs.attack import compiled_targets, scoring_settings
-from mia.runs.checks import check_attack_settings, check_cache_dir, check_device, check_target_settings
+from mia.runs.checks import check_attack_settings, check_cache_dir, check_device, check_knobs, check_target_settings
 from mia.scoring.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ def check_audit(cfg: DictConfig) -> InferenceSettings:
         if not isinstance(cfg.get(key), DictConfig):
             raise MiaError(f"{key} holds the audit's {key} settings ({key}.<key>=...), not a value")
     settings = inference_settings(cfg.audit)
-    require_integer("data.batch_size", cfg.data.batch_size, minimum=1)
-    require_integer("data.num_workers", cfg.data.num_workers, minimum=0)
+    check_knobs(cfg)  # the data, cache and compile knobs it shares with mia-attack, by the same checks
     features = cfg.audit.get("features")
     if not isinstance(features, DictConfig) or not any(node is not None for node in features.values()):
         raise MiaError("audit.features names no feature attack; give at least one, e.g. "
@@ -61,8 +60,6 @@ def check_audit(cfg: DictConfig) -> InferenceSettings:
         if node is not None:
             check_attack_settings(node, f"audit.features.{name}")
     check_target_settings(cfg.target)
-    for key in ("compile", "compile_freeze", "compile_channels_last"):
-        require_bool(key, cfg.get(key, False))
     check_device(cfg.trainer)
     check_cache_dir(cfg)
     return settings

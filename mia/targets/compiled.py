@@ -40,7 +40,6 @@ class CompiledForward:
     def __init__(self, module: nn.Module, what: str, mode: str, freeze: bool = False,
                  channels_last: bool = False) -> None:
         self.what = what
-        self.eager = module.forward
         self.channels_last = channels_last
         if channels_last:
             module.to(memory_format=torch.channels_last)
@@ -71,11 +70,16 @@ class CompiledForward:
         return output
 
 
+def check_compile_mode(mode: Any) -> None:
+    """One line for a mode torch.compile does not have (mia-attack, mia-audit and mia-train alike)."""
+    if mode not in MODES:
+        raise MiaError(f"compile_mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
 def compile_target(target: DiffusionTarget, mode: str = "default", freeze: bool = True,
                    channels_last: bool = True) -> Callable[[], dict[str, Any]]:
     """Compile ``target``'s denoiser (and VAE encoder) in place; returns what to record once it has run."""
-    if mode not in MODES:
-        raise MiaError(f"compile_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_compile_mode(mode)
     if not any(True for _ in target.denoiser.parameters()):
         raise MiaError(f"compile=true applies to trained denoisers; {target.name}'s has no weights (the closed-form "
                        "memoriser runs in float64 and has nothing to fuse); run it with compile=false")
