@@ -22,6 +22,7 @@ import torch
 from mia.attacks import LossAttack, NoiseAggregation, SecMI
 from mia.scoring.cache_key import cache_key
 from mia.targets.base import default_micro_batch
+from mia.targets.latent import encode_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 12
@@ -178,6 +179,13 @@ def test_default_micro_batches_bound_a_pass_and_key_the_cache():
     key = cache_key(NoiseAggregation(), target, digits(), cpu_trainer(), "code")
     target.micro_batch = 4
     assert cache_key(NoiseAggregation(), target, digits(), cpu_trainer(), "code") != key
+
+
+def test_encoder_passes_bound_memory_at_stable_diffusions_size_and_stay_large_below():
+    assert encode_rows((3, 512, 512)) == 8  # Stable Diffusion's images: a whole batch would not fit
+    assert encode_rows((3, 256, 256)) == 32
+    assert encode_rows((3, 64, 64)) == encode_rows((3, 32, 32)) == 64  # small passes would cost time
+    assert encode_rows((3, 2048, 2048)) == 1
 
 
 def test_two_processes_with_other_batch_sizes_and_threads_give_the_same_scores(tmp_path: Path, one_thread):

@@ -8,6 +8,7 @@ sample per batch and are counted apart from the denoiser's queries.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,13 @@ COMPONENTS = {
     "scheduler": (),  # any DDPM-family class (mia.targets.schedule)
 }
 LATENT_MODES = ("mean", "sample")
-# Rows per VAE or text-encoder pass (a 512 px encoder's activations for a whole batch would not fit), the
-# last pass padded: their round-off depends on the pass's shape too (docs/method.md, "batch invariance").
-ENCODE_CHUNK = 8
+# Rows per VAE pass: the largest power of two up to 64 whose images hold at most 2^23 numbers (8 rows of
+# 512x512x3, as Stable Diffusion's encoder's activations for a whole batch would not fit; 64 rows at 64x64 and
+# below, where smaller passes cost time); the last pass padded, as their round-off depends on the pass's shape
+# too (docs/method.md, "batch invariance"). The text encoder's passes are 64 captions at any image size.
+MAX_ENCODE_ROWS = 64
+ENCODE_VALUES = 1 << 23
+TEXT_ROWS = 64
 # The SampleNoise stream of the ``target.latent=sample`` draw: far from the small streams attacks use.
 LATENT_STREAM = 1 << 40
 
@@ -110,12 +115,13 @@ class LatentTextTarget(DiffusionTarget):
         if self.latent == "sample" and noise is None:
             raise ValueError("target.latent=sample draws from the per-sample noise; pass the batch's SampleNoise")
         weight = next(self.vae.parameters())
+        size = encode_rows(images.shape[1:])
         means, stds = [], []
-        for start in range(0, len(images), ENCODE_CHUNK):
-            real = min(ENCODE_CHUNK, len(images) - start)
-            rows = padded_rows(len(images), start, ENCODE_CHUNK).to(images.device)
+        for start in range(0, len(images), size):
+            real = min(size, len(images) - start)
+            rows = padded_rows(len(images), start, size).to(images.device)
             posterior = self.vae.encode(images[rows].to(weight)).latent_dist
-            self.encoder_passes -= ENCODE_CHUNK - real  # the padding rows are not samples
+            self.encoder_passes -= size - real  # the padding rows are not samples
             means.append(posterior.mean[:real].float())
             stds.append(posterior.std[:real].float())
         z = torch.cat(means)
@@ -131,8 +137,9 @@ class LatentTextTarget(DiffusionTarget):
         shift = getattr(config, "shift_factor", None)
         z = x0 / config.scaling_factor + (shift if shift is not None else 0)
         weight = next(self.vae.parameters())
-        images = [self.vae.decode(z[start:start + ENCODE_CHUNK].to(weight)).sample.float()
-                  for start in range(0, len(z), ENCODE_CHUNK)]
+        size = encode_rows((self.vae.config.in_channels, z.shape[-2] * self.factor, z.shape[-1] * self.factor))
+        images = [self.vae.decode(z[start:start + size].to(weight)).sample.float()
+                  for start in range(0, len(z), size)]
         return torch.cat(images)
 
     def embed(self, captions: list[str]) -> torch.Tensor:
@@ -149,12 +156,12 @@ class LatentTextTarget(DiffusionTarget):
         device = next(self.text_encoder.parameters()).device
         masked = getattr(self.text_encoder.config, "use_attention_mask", False)
         parts = []
-        for start in range(0, len(captions), ENCODE_CHUNK):
-            real = min(ENCODE_CHUNK, len(captions) - start)
-            rows = padded_rows(len(captions), start, ENCODE_CHUNK)
+        for start in range(0, len(captions), TEXT_ROWS):
+            real = min(TEXT_ROWS, len(captions) - start)
+            rows = padded_rows(len(captions), start, TEXT_ROWS)
             mask = tokens.attention_mask[rows].to(device) if masked else None
             parts.append(self.text_encoder(tokens.input_ids[rows].to(device), attention_mask=mask)[0][:real])
-            self.text_encoder_passes -= ENCODE_CHUNK - real  # the padding rows are not captions
+            self.text_encoder_passes -= TEXT_ROWS - real  # the padding rows are not captions
         return torch.cat(parts)
 
     def null_embedding(self) -> torch.Tensor:
@@ -188,6 +195,12 @@ class LatentTextTarget(DiffusionTarget):
             raise MiaError(f"{self.name} is text-conditional; the attack passed no condition")
         return guided(lambda x, t, value: self.denoiser(x, t, encoder_hidden_states=value.to(x.dtype)).sample,
                       x_t, timesteps, cond)
+
+
+def encode_rows(image_shape: tuple[int, ...]) -> int:
+    """Rows per VAE pass for images of ``image_shape`` (C, H, W): see ENCODE_VALUES."""
+    rows = max(1, ENCODE_VALUES // math.prod(image_shape))
+    return min(MAX_ENCODE_ROWS, 1 << (rows.bit_length() - 1))
 
 
 def _one_line(err: Exception) -> str:
