@@ -151,6 +151,7 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         # Chosen on the calibration samples alone; the winner then scores the evaluation samples once.
         tuning = tune_on_calibration(attack, tune, target, evalset.subset(np.flatnonzero(mask)), scoring)
         attack = tuning.attack
+        passes_before = target.passes()  # the chosen setting's passes, as its queries: the grid's are its own cost
         predicted = predict(attack, target, evalset.subset(np.flatnonzero(~mask)), scoring)
         scores = np.empty(len(evalset))
         scores[mask], scores[~mask] = tuning.calibration_scores, attack.score(_tensor(predicted.features)).numpy()

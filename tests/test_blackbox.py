@@ -238,3 +238,4 @@ def test_rediffuse_strength_tunes_on_the_calibration_part(memorised):
     assert tuning["chosen"]["strength"] in (0.1, 0.3)
     steps = 1 if tuning["chosen"]["strength"] == 0.1 else 3
     assert result.metrics["queries_per_sample"] == 2 * steps  # the chosen setting's cost, the grid's apart
+    assert result.metrics["generation_calls_per_sample"] == 2  # likewise (the grid's calls were counted in too)
