@@ -5,6 +5,7 @@ Sections, each written only when its files are there:
   attack at its defaults, tuned on the calibration part, and the learned attacks, all on the same
   evaluation part; CIFAR-10 as mean ± standard deviation over its split seeds;
 - the text-to-image target (bench/text_to_image/, made by bench/text_to_image.sh);
+- LoRA and full fine-tunes of a text-to-image base (bench/lora/, made by bench/lora.sh; bench/lora_report.py);
 - why NA flips (bench/na_flip/, made by `python -m bench.na_flip`);
 - speed (bench/speed.json, made by `make bench`).
 Everything after the notes marker of the existing docs/results.md is kept: the reading of the numbers.
@@ -17,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from bench.lora_report import lora_section
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -284,7 +287,7 @@ def main() -> None:
            "is read from a run's own metrics.json or training.json. Hardware: 2 CPU cores, no GPU. The earlier "
            "benchmark in the memorisation regime (64 members, 5,000 epochs: every attack saturated) is in "
            "[memorisation.md](memorisation.md).", ""]
-    out += strength_section() + text_to_image_section() + na_flip_section() + speed_section()
+    out += strength_section() + text_to_image_section() + lora_section() + na_flip_section() + speed_section()
     RESULTS.write_text("\n".join(out) + "\n" + MARKER + notes)
     print(f"wrote {RESULTS.relative_to(REPO)}")
 
