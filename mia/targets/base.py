@@ -26,10 +26,15 @@ MAX_MICRO_BATCH = 64
 MICRO_BATCH_VALUES = 1 << 18
 
 
+def rows_per_pass(sample_shape: tuple[int, ...], values: int, most: int) -> int:
+    """The largest power of two up to ``most`` whose rows of ``sample_shape`` hold at most ``values`` numbers (≥ 1)."""
+    rows = max(1, values // math.prod(sample_shape))
+    return min(most, 1 << (rows.bit_length() - 1))
+
+
 def default_micro_batch(sample_shape: tuple[int, ...]) -> int:
     """Rows per denoiser pass for inputs of ``sample_shape`` (see MICRO_BATCH_VALUES)."""
-    rows = max(1, MICRO_BATCH_VALUES // math.prod(sample_shape))
-    return min(MAX_MICRO_BATCH, 1 << (rows.bit_length() - 1))
+    return rows_per_pass(sample_shape, MICRO_BATCH_VALUES, MAX_MICRO_BATCH)
 
 
 class DiffusionTarget(nn.Module):

@@ -8,7 +8,6 @@ sample per batch and are counted apart from the denoiser's queries.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from mia.errors import MiaError
-from mia.targets.base import DiffusionTarget, padded_rows
+from mia.targets.base import DiffusionTarget, padded_rows, rows_per_pass
 from mia.targets.guidance import Condition, guided
 from mia.targets.identity import file_digest
 from mia.targets.schedule import Schedule, read_schedule
@@ -199,8 +198,7 @@ class LatentTextTarget(DiffusionTarget):
 
 def encode_rows(image_shape: tuple[int, ...]) -> int:
     """Rows per VAE pass for images of ``image_shape`` (C, H, W): see ENCODE_VALUES."""
-    rows = max(1, ENCODE_VALUES // math.prod(image_shape))
-    return min(MAX_ENCODE_ROWS, 1 << (rows.bit_length() - 1))
+    return rows_per_pass(image_shape, ENCODE_VALUES, MAX_ENCODE_ROWS)
 
 
 def _one_line(err: Exception) -> str:
