@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -134,13 +135,14 @@ def training_ratio(data_root: Path, work: Path, steps: int, skip: int, repeats: 
             "all_mia_train": framework, "all_plain": plain, "goal": ">= 0.95", "met": ratio >= 0.95}
 
 
-def best_interleaved(mia_run, plain_run, repeats: int) -> tuple[float, float]:
-    """The best of ``repeats`` timings of each, interleaved so that drifts in machine load hit both."""
-    mia_times, plain_times = [], []
+def best_interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """The best of ``repeats`` timings of each run (in the dict's order, each repeat), interleaved so that drifts
+    in machine load hit them all."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        plain_times.append(plain_run())
-        mia_times.append(mia_run())
-    return min(mia_times), min(plain_times)
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: min(values) for name, values in times.items()}
 
 
 def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> dict:
@@ -169,8 +171,9 @@ def overhead_ratio(target_dir: Path, work: Path, samples: int, repeats: int) -> 
                     target.denoiser(x, torch.full((len(x),), t))
         return time.perf_counter() - started
 
-    na_time, plain_time = best_interleaved(lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds,
-                                           plain, repeats)
+    best = best_interleaved({"plain": plain,
+                             "na": lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds}, repeats)
+    na_time, plain_time = best["na"], best["plain"]
     ratio = na_time / plain_time
     return {"na_seconds": na_time, "plain_seconds_k_passes": plain_time, "k": attack.k,
             "samples": len(evalset), "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
@@ -242,8 +245,9 @@ def latent_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
                     unet(z, torch.full((len(z),), t), encoder_hidden_states=embedding)
         return time.perf_counter() - started
 
-    na_time, plain_time = best_interleaved(lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds,
-                                           plain, repeats)
+    best = best_interleaved({"plain": plain,
+                             "na": lambda: predict(attack, target, evalset, scoring_settings(cfg)).seconds}, repeats)
+    na_time, plain_time = best["na"], best["plain"]
     ratio = na_time / plain_time
     return {"na_seconds": na_time, "plain_seconds": plain_time, "k": attack.k, "samples": len(evalset),
             "ratio": ratio, "goal": "<= 1.10", "met": ratio <= 1.10}
@@ -294,7 +298,7 @@ def lora_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
     targets = {"mia": [f"target.path={base}", f"target.lora={adapter}"],  # target.lora_merge=true, the default
                "live": [f"target.path={base}", f"target.lora={adapter}", "target.lora_merge=false"],
                "fused": [f"target.path={fused}"]}
-    runs, scores, times = {}, {}, {name: [] for name in targets}
+    runs, scores = {}, {}
     for name, overrides in targets.items():
         cfg = config("attack", [*overrides, "cache.enabled=false", "logger=none", "trainer.enable_progress_bar=false"],
                      work / f"lora_overhead_{name}")
@@ -308,10 +312,7 @@ def lora_overhead_ratio(work: Path, samples: int, repeats: int) -> dict:
             return predicted.seconds
 
         runs[name] = timed
-    for _ in range(repeats):  # interleaved, so that drifts in machine load hit all three
-        for name, run in runs.items():
-            times[name].append(run())
-    best = {name: min(values) for name, values in times.items()}
+    best = best_interleaved(runs, repeats)
     ratio = best["mia"] / best["fused"]
     return {"na_seconds": best["mia"], "na_seconds_fused_folder": best["fused"], "na_seconds_live": best["live"],
             "k": attack.k, "samples": len(scores["mia"]), "ratio": ratio,
@@ -346,8 +347,9 @@ def compiled_ratio(target_dir: Path, work: Path, samples: int | None, repeats: i
         scores[name] = predicted.features
         return predicted.seconds
 
-    compiled_time, eager_time = best_interleaved(lambda: timed(compiled, "compiled"), lambda: timed(eager, "eager"),
-                                                 repeats)
+    best = best_interleaved({"eager": lambda: timed(eager, "eager"), "compiled": lambda: timed(compiled, "compiled")},
+                            repeats)
+    compiled_time, eager_time = best["compiled"], best["eager"]
     ratio = compiled_time / eager_time
     return {"na_seconds_compiled": compiled_time, "na_seconds_eager": eager_time, "samples": len(evalset),
             "compile": record(), "max_score_difference": float(np.max(np.abs(scores["compiled"] - scores["eager"]))),
