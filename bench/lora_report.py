@@ -9,10 +9,10 @@ bench/lora/seed<S>/lora/sizes.json               the adapter's and the base's we
 
 from __future__ import annotations
 
-import json
-import statistics
 from pathlib import Path
 from typing import Any
+
+from bench.strength_report import read_json, spread
 
 ROOT = Path(__file__).resolve().parent / "lora"
 ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima", "clid_th", "clid_vec", "rediffuse",
@@ -22,18 +22,6 @@ ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima", 
 LABEL = {"defaults": "{}", "tuned": "{} (tuned on calibration)", "absolute": "{}, injection=absolute σ=0.1",
          "gradient": "{} (per-sample gradients, fitted on calibration)"}
 BLACK_BOX = ("rediffuse", "reconstruction")  # generation calls only (docs/method.md)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _value(metrics: dict[str, Any], path: str) -> float | None:
@@ -46,7 +34,8 @@ def _value(metrics: dict[str, Any], path: str) -> float | None:
 
 
 def _cell(runs: list[dict[str, Any]], path: str) -> str:
-    return _spread([v for v in (_value(m, path) for m in runs) if v is not None])
+    values = [v for v in (_value(m, path) for m in runs) if v is not None]
+    return spread(values) if values else "–"
 
 
 def _seeds() -> list[Path]:
@@ -55,7 +44,7 @@ def _seeds() -> list[Path]:
 
 def _runs(seeds: list[Path], kind: str, key: tuple[str, str]) -> list[dict[str, Any]]:
     files = [seed / kind / f"{key[0]}_{key[1]}.json" for seed in seeds]
-    return [_read(f) for f in files if f.exists()]
+    return [read_json(f) for f in files if f.exists()]
 
 
 def _minutes(trainings: list[dict[str, Any]]) -> str:
@@ -63,9 +52,9 @@ def _minutes(trainings: list[dict[str, Any]]) -> str:
 
 
 def _recipe(seeds: list[Path]) -> list[str]:
-    base = _read(ROOT / "base_training.json")
-    lora = [_read(s / "lora" / "training.json") for s in seeds if (s / "lora" / "training.json").exists()]
-    full = [_read(s / "full" / "training.json") for s in seeds if (s / "full" / "training.json").exists()]
+    base = read_json(ROOT / "base_training.json")
+    lora = [read_json(s / "lora" / "training.json") for s in seeds if (s / "lora" / "training.json").exists()]
+    full = [read_json(s / "full" / "training.json") for s in seeds if (s / "full" / "training.json").exists()]
     lines = [f"Base: `text_to_image_small` ({base['parameters'] / 1e6:.2f} M parameters, 32x32 photos, 8x8x4 "
              f"latents) on {base['members']:,} Flickr8k photos, {base['steps']:,} steps at batch "
              f"{base['batch_size']} = {base['epochs']:.0f} epochs per photo, {base['seconds'] / 60:.0f} minutes; its "
@@ -73,7 +62,7 @@ def _recipe(seeds: list[Path]) -> list[str]:
              f"{base['metrics']['val/loss_nonmembers']:.4f} on photos it never saw (it generalises)."]
     if lora:
         first, config = lora[0], lora[0]["config"]["target"]
-        sizes = _read(seeds[0] / "lora" / "sizes.json") if (seeds[0] / "lora" / "sizes.json").exists() else None
+        sizes = read_json(seeds[0] / "lora" / "sizes.json") if (seeds[0] / "lora" / "sizes.json").exists() else None
         size = (f"; the adapter file holds {sizes['adapter_bytes'] / 1e3:.0f} kB against the base's "
                 f"{sizes['base_weights_bytes'] / 1e6:.1f} MB of weights") if sizes else ""
         lines.append(
@@ -116,7 +105,7 @@ def _table(seeds: list[Path]) -> list[str]:
 def _audit(seeds: list[Path]) -> list[str]:
     rows = []
     for kind, name in (("lora", "LoRA fine-tune"), ("full", "full fine-tune")):
-        audits = [_read(s / kind / "audit.json") for s in seeds if (s / kind / "audit.json").exists()]
+        audits = [read_json(s / kind / "audit.json") for s in seeds if (s / kind / "audit.json").exists()]
         if not audits:
             continue
         cells = []

@@ -19,8 +19,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.lora_report import lora_section
-
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = REPO / "docs" / "results.md"
@@ -287,6 +285,9 @@ def main() -> None:
            "is read from a run's own metrics.json or training.json. Hardware: 2 CPU cores, no GPU. The earlier "
            "benchmark in the memorisation regime (64 members, 5,000 epochs: every attack saturated) is in "
            "[memorisation.md](memorisation.md).", ""]
+    # Imported here, not at the top: bench.lora_report reads its files with this module's helpers.
+    from bench.lora_report import lora_section
+
     out += strength_section() + text_to_image_section() + lora_section() + na_flip_section() + speed_section()
     RESULTS.write_text("\n".join(out) + "\n" + MARKER + notes)
     print(f"wrote {RESULTS.relative_to(REPO)}")
