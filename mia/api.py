@@ -113,7 +113,6 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
     models' own splits, no target label is used, and every sample is an evaluation row.
     """
     attack = make_attack(attack)
-    passes_before = target.passes()  # a target reused across calls keeps counting; report this call's passes
     # An attack that does not apply to the target (NotApplicable: a sweep skips it) is told before its guidance,
     # which may only fit the targets it applies to (the reconstruction attack's 7.5).
     attack.check(target)  # settings that do not fit the target stop the run before any image is read
@@ -151,7 +150,6 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         # Chosen on the calibration samples alone; the winner then scores the evaluation samples once.
         tuning = tune_on_calibration(attack, tune, target, evalset.subset(np.flatnonzero(mask)), scoring)
         attack = tuning.attack
-        passes_before = target.passes()  # the chosen setting's passes, as its queries: the grid's are its own cost
         predicted = predict(attack, target, evalset.subset(np.flatnonzero(~mask)), scoring)
         scores = np.empty(len(evalset))
         scores[mask], scores[~mask] = tuning.calibration_scores, attack.score(_tensor(predicted.features)).numpy()
@@ -173,7 +171,8 @@ def run_attack(target: DiffusionTarget, attack: Attack | str, members: str | Pat
         **({"calibration": outcome.chosen} if outcome.chosen else {}),
         **({"tuning": tuning.record()} if tuning is not None else {}),
         **cost,
-        **_other_passes(target, scored_samples, passes_before),
+        # The chosen setting's passes when tuned, as its queries: the grid's are its own cost.
+        **_other_passes(target, predicted, scored_samples),
         **controls,
         **({"warnings": warnings} if warnings else {}),
         "evaluation_set": evalset.record,
@@ -286,12 +285,12 @@ def _cost(predicted: Predictions, n: int) -> dict[str, Any]:
     }
 
 
-def _other_passes(target: DiffusionTarget, n: int, before: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The target's conditioning and its VAE / text-encoder passes (and generation calls) this run, apart from the
-    denoiser's queries; ``before``: the counts when the run started."""
-    before = before or {}
-    passes = {f"{name}_per_sample": _tidy((count - before.get(name, 0)) / n)
-              for name, count in target.passes().items() if count - before.get(name, 0) or name not in OPTIONAL_PASSES}
+def _other_passes(target: DiffusionTarget, predicted: Predictions, n: int) -> dict[str, Any]:
+    """The target's conditioning and the VAE / text-encoder / backward passes (and generation calls) its
+    predictions took, apart from the denoiser's queries: made by this run on every device, or read from the cache."""
+    names = dict.fromkeys([*target.passes(), *predicted.passes])  # the target's kinds of pass, made now or not
+    passes = {f"{name}_per_sample": _tidy(predicted.passes.get(name, 0) / n)
+              for name in names if predicted.passes.get(name, 0) or name not in OPTIONAL_PASSES}
     return {"conditioning": target.conditioning or "none", **passes}
 
 

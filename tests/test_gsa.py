@@ -170,16 +170,20 @@ def test_bad_settings_are_refused(unet_target, make, message):
 
 def test_gsa_end_to_end_reports_forwards_and_backwards_apart(tiny_target: Path, tmp_path: Path):
     out = tmp_path / "gsa"
-    cfg = compose_config("attack", [f"target.path={tiny_target}", "logger=none", "metrics.bootstrap=0",
-                                    "trainer.enable_progress_bar=false", f"cache.dir={tmp_path}/cache",
-                                    "attack=gsa", "attack.k=2", "attack.n_estimators=10",
-                                    "attack.layers=[conv_in.*,conv_out.*]"], out)
-    metrics = run(cfg)
+    overrides = [f"target.path={tiny_target}", "logger=none", "metrics.bootstrap=0",
+                 "trainer.enable_progress_bar=false", f"cache.dir={tmp_path}/cache", "attack=gsa", "attack.k=2",
+                 "attack.n_estimators=10", "attack.layers=[conv_in.*,conv_out.*]"]
+    metrics = run(compose_config("attack", overrides, out))
     assert metrics["attack"] == "gsa1" and metrics["n_calibration"] == 10
     assert metrics["queries_per_sample"] == 2 and metrics["gradient_passes_per_sample"] == 2
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["gradient_passes_per_sample"] == 2 and stored["calibration"]["n_features"] == 4
     assert 0.0 <= stored["auc"] <= 1.0
+    # A cache hit makes no pass, and reports the passes its predictions took when they were made.
+    hit = run(compose_config("attack", overrides, tmp_path / "hit"))
+    assert hit["queries_per_sample_this_run"] == 0
+    assert hit["queries_per_sample"] == 2 and hit["gradient_passes_per_sample"] == 2
+    assert (tmp_path / "hit" / "scores.csv").read_bytes() == (out / "scores.csv").read_bytes()
 
 
 def test_gsa2_on_a_text_to_image_target_counts_its_passes(tiny_sd: Path, captioned, tmp_path: Path):

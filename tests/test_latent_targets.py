@@ -270,6 +270,13 @@ def test_a_captioned_split_streams_and_its_captions_are_fingerprinted(tiny_sd: P
     metrics = run(compose_config("attack", [f"target.path={target}", "attack=loss", *QUICK], tmp_path / "run"))
     assert metrics["n_members"] == 5 and metrics["queries_per_sample"] == 1
     assert metrics["encoder_passes_per_sample"] == 1 and metrics["text_encoder_passes_per_sample"] == 1
+    # Through the cache: the run that fills it and the hit report the same VAE and text-encoder passes.
+    cached = [f"target.path={target}", "attack=loss", *QUICK[:-1], f"cache.dir={tmp_path}/cache"]
+    made = run(compose_config("attack", cached, tmp_path / "made"))
+    hit = run(compose_config("attack", cached, tmp_path / "hit"))
+    assert made["queries_per_sample_this_run"] == 1 and hit["queries_per_sample_this_run"] == 0
+    for counts in (made, hit):
+        assert counts["encoder_passes_per_sample"] == 1 and counts["text_encoder_passes_per_sample"] == 1
     expect_one_line([f"target.path={target}", "data.caption=text"], tmp_path, "records the captions it was trained")
     tampered = {**captions, ids[0]: "another caption"}
     Split(ids[:5], ids[5:], seed=0, dataset=dataset, captions=tampered).save(target / "split.json")

@@ -27,6 +27,7 @@ import torch
 from conftest import compose_config
 
 from mia.attacks import NoiseAggregation
+from mia.attacks.gsa import GSA1
 from mia.config import build
 from mia.data.evaluation_set import evaluation_set_for
 from mia.errors import MiaError
@@ -126,6 +127,9 @@ def _ddp_rank(rank: int, port: int, out: Path, attack, target, evalset, cache_di
     np.save(out / f"subset{rank}.npy", predict(attack, target, evalset.first(9), ScoringSettings(trainer, 7)).features)
     (out / f"cost{rank}.json").write_text(json.dumps([scores.queries, scores.queries_this_run, scores.main,
                                                        scores.device]))
+    # Backward passes (GSA's), counted on each rank's batches and summed over the ranks as the queries are.
+    gradients = predict(GSA1(k=2, layers=["conv_in.*"]), target, evalset.first(9), ScoringSettings(trainer, 7))
+    (out / f"passes{rank}.json").write_text(json.dumps([gradients.passes, gradients.queries]))
 
 
 def _free_port() -> int:
@@ -156,6 +160,8 @@ def test_two_processes_score_exactly_what_one_does(tiny_target: Path, tmp_path: 
         np.testing.assert_array_equal(np.load(tmp_path / f"subset{rank}.npy"), subset.features)
     costs = [json.loads((tmp_path / f"cost{rank}.json").read_text()) for rank in (0, 1)]
     assert costs == [[48 * 5, 48 * 5, True, "cpu x 2"], [48 * 5, 48 * 5, False, "cpu x 2"]]  # summed over ranks
+    for rank in (0, 1):  # 18 samples in batches of 7: rank 0 made (7 + 4) x 2 backward passes, rank 1 7 x 2
+        assert json.loads((tmp_path / f"passes{rank}.json").read_text()) == [{"gradient_passes": 18 * 2}, 18 * 2]
     # The two ranks wrote their chunks, rank zero published the entry: one process reads it whole.
     assert hit.queries_this_run == 0 and hit.queries == 48 * 5
     np.testing.assert_array_equal(hit.features, one.features)

@@ -4,7 +4,8 @@ What is stored per sample is what the attack's ``collect`` returns: NA's k noise
 the statistic or the metrics then makes no new queries), CLiD's losses, other attacks' scores. One folder per key
 (``mia.scoring.cache_key``)::
 
-    chunks/<first row>-<token>.npz   index [n] int64, values [n, ...] (any shape), queries: one chunk
+    chunks/<first row>-<token>.npz   index [n] int64, values [n, ...] (any shape), queries and passes_<name>
+                                     (the other networks' passes, mia.targets.base.DiffusionTarget.passes): one chunk
     meta.json                        written once every row is stored: the entry is complete
     used                             touched at every open and chunk: the entry's last use, for eviction
 
@@ -47,6 +48,7 @@ class _Chunk:
     name: str
     rows: int
     queries: int  # sample-forwards counted when its rows were computed
+    passes: dict[str, int]  # the other networks' passes then (VAE, text encoder, backward, generation)
 
 
 class PredictionCache:
@@ -62,10 +64,12 @@ class PredictionCache:
         self.folder = self.root / hashlib.sha256(text.encode()).hexdigest()[:24]
         self._chunk_dir = self.folder / "chunks"
         self._meta = self.folder / "meta.json"
-        self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []  # (index, values, queries) not in a chunk yet
+        # (index, values, queries, passes) not in a chunk yet
+        self._pending: list[tuple[np.ndarray, np.ndarray, int, dict[str, int]]] = []
         self._published = 0
         self._loaded: OrderedDict[int, np.ndarray] = OrderedDict()
         self.read_cost = Fraction(0)  # queries of the rows this process read from the store
+        self.read_passes: dict[str, Fraction] = {}  # and their other passes
         try:
             self._chunk_dir.mkdir(parents=True, exist_ok=True)
             if not (self.folder / "key.json").exists():
@@ -107,24 +111,34 @@ class PredictionCache:
         for c, values in parts.items():
             mask = chunks == c
             out[mask] = values[positions[mask]]
-            self.read_cost += Fraction(self._chunks[c].queries, self._chunks[c].rows) * int(mask.sum())
+            chunk = self._chunks[c]
+            self.read_cost += Fraction(chunk.queries, chunk.rows) * int(mask.sum())
+            for name, count in chunk.passes.items():
+                self.read_passes[name] = self.read_passes.get(name, Fraction(0)) + \
+                    Fraction(count, chunk.rows) * int(mask.sum())
         return torch.from_numpy(out)
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def add(self, index: torch.Tensor, values: torch.Tensor, queries: int) -> None:
-        """Rows computed now, with the sample-forwards they took; written out a chunk at a time."""
-        self._pending.append((index.cpu().numpy().astype(np.int64), values.detach().cpu().numpy(), int(queries)))
-        if sum(len(i) for i, _, _ in self._pending) >= self.chunk_size:
+    def add(self, index: torch.Tensor, values: torch.Tensor, queries: int,
+            passes: dict[str, int] | None = None) -> None:
+        """Rows computed now, with the sample-forwards (and other passes) they took; written a chunk at a time."""
+        self._pending.append((index.cpu().numpy().astype(np.int64), values.detach().cpu().numpy(), int(queries),
+                              dict(passes or {})))
+        if sum(len(p[0]) for p in self._pending) >= self.chunk_size:
             self.flush()
 
     def flush(self) -> None:
         """Publish the rows added since the last chunk as one chunk."""
         if not self._pending:
             return
-        index = np.concatenate([i for i, _, _ in self._pending])
-        values = np.concatenate([v for _, v, _ in self._pending])
-        queries = sum(q for _, _, q in self._pending)
+        index = np.concatenate([p[0] for p in self._pending])
+        values = np.concatenate([p[1] for p in self._pending])
+        queries = sum(p[2] for p in self._pending)
+        passes: dict[str, int] = {}
+        for *_, made in self._pending:
+            for name, count in made.items():
+                passes[name] = passes.get(name, 0) + count
         self._pending = []
         if self.complete:  # another writer completed the entry meanwhile: these rows are there already
             return
@@ -132,7 +146,8 @@ class PredictionCache:
         partial = self._chunk_dir / f".{name}.partial"
         try:
             with open(partial, "wb") as handle:
-                np.savez(handle, index=index, values=values, queries=np.int64(queries))
+                np.savez(handle, index=index, values=values, queries=np.int64(queries),
+                         **{f"passes_{name}": np.int64(count) for name, count in passes.items()})
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, self._chunk_dir / name)
@@ -155,11 +170,16 @@ class PredictionCache:
                      self.stored_rows, self.rows, self.folder)
             return False
         used = [int(c) for c in np.unique(self._where)]
-        queries = sum(Fraction(self._chunks[c].queries, self._chunks[c].rows) * int((self._where == c).sum())
-                      for c in used)
+        share = {c: Fraction(int((self._where == c).sum()), self._chunks[c].rows) for c in used}
+        queries = sum(self._chunks[c].queries * share[c] for c in used)
+        passes: dict[str, Fraction] = {}
+        for c in used:
+            for name, count in self._chunks[c].passes.items():
+                passes[name] = passes.get(name, Fraction(0)) + count * share[c]
         sample = self._values(used[0])
         meta = {"rows": self.rows, "shape": list(sample.shape[1:]), "dtype": str(sample.dtype),
-                "queries": round(queries), "chunks": [self._chunks[c].name for c in used], "key": self.key}
+                "queries": round(queries), "passes": {name: round(count) for name, count in passes.items()},
+                "chunks": [self._chunks[c].name for c in used], "key": self.key}
         _write_atomic(self._meta, json.dumps(meta, default=str, indent=1))  # complete once this lands
         for leftover in self._chunk_dir.glob(".*.partial"):  # killed writers' temporary files
             leftover.unlink(missing_ok=True)
@@ -186,6 +206,7 @@ class PredictionCache:
             try:
                 with np.load(self._chunk_dir / name) as data:
                     index, queries = data["index"], int(data["queries"])
+                    passes = {key[len("passes_"):]: int(data[key]) for key in data.files if key.startswith("passes_")}
             except FileNotFoundError as err:
                 raise MiaError(f"the cache entry {self.folder} lost a chunk (evicted by another job?): "
                                "run again, or raise cache.max_gb") from err
@@ -196,7 +217,7 @@ class PredictionCache:
                 log.warning("ignoring cache chunk %s: its rows do not fit the entry", self._chunk_dir / name)
                 continue
             number = len(self._chunks)
-            self._chunks.append(_Chunk(name, len(index), queries))
+            self._chunks.append(_Chunk(name, len(index), queries, passes))
             new = self._where[index] < 0  # a row two writers stored: the first chunk by name
             self._where[index[new]] = number
             self._pos[index[new]] = np.nonzero(new)[0]

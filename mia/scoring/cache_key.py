@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # the entries' layout (chunks); 1 was one flat file keyed on mia's version
+# The entries' layout: 3 stores the other networks' passes in each chunk (2 did not: its hits reported none);
+# 2 was the first in chunks, 1 one flat file keyed on mia's version.
+CACHE_FORMAT = 3
 FIXED_MODULES = (
     "mia.attacks.base", "mia.attacks.moves", "mia.attacks.sample_noise", "mia.data.images", "mia.data.samples",
     "mia.data.evaluation_set", "mia.scoring.module", "mia.scoring.cache",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import lightning as L
@@ -55,6 +55,9 @@ class Predictions:
     seconds: float
     device: str
     main: bool = True  # False on the other ranks of a multi-device run: rank zero writes files and W&B
+    # The other networks' passes the predictions took (VAE, text encoder, backward, generation: the target's
+    # ``passes``), over every device, counted now or read with them from the cache.
+    passes: dict[str, int] = field(default_factory=dict)
 
 
 def check_precision(trainer: L.Trainer) -> None:
@@ -88,7 +91,8 @@ def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, set
     batches = trainer.predict(module, dataloaders=loader)
     if cache is not None:
         cache.flush()  # before the exchange below, so rank zero finds every rank's chunks
-    ranks = gather({"batches": batches, "read_cost": cache.read_cost if cache is not None else Fraction(0)})
+    ranks = gather({"batches": batches, "read_cost": cache.read_cost if cache is not None else Fraction(0),
+                    "read_passes": cache.read_passes if cache is not None else {}})
     seconds = time.perf_counter() - (module.started or time.perf_counter())
     features = assemble([b for rank in ranks for b in rank["batches"]], len(evalset)).numpy()
     bad = np.isnan(features.reshape(len(features), -1)).any(axis=1)
@@ -98,6 +102,10 @@ def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, set
     queries = int(sum(int(b["queries"]) for rank in ranks for b in rank["batches"]))
     # The attack's cost is what the predictions took when they were made: counted now, or read with them.
     cost = queries + round(sum(rank["read_cost"] for rank in ranks))
+    passes: dict[str, Fraction] = {}
+    for counts in [b["passes"] for rank in ranks for b in rank["batches"]] + [rank["read_passes"] for rank in ranks]:
+        for name, count in counts.items():
+            passes[name] = passes.get(name, Fraction(0)) + count
     main = trainer.is_global_zero
     if cache is not None and main:
         cache.finish()
@@ -106,4 +114,4 @@ def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, set
     wait_for_workers(trainer)
     device = trainer.strategy.root_device
     where = str(device) if trainer.world_size == 1 else f"{device.type} x {trainer.world_size}"
-    return Predictions(features, cost, queries, seconds, where, main)
+    return Predictions(features, cost, queries, seconds, where, main, {k: round(v) for k, v in passes.items()})

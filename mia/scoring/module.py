@@ -21,6 +21,12 @@ def _rows(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
             [v[i] for i in picked] if isinstance(v, (list, tuple)) else v for k, v in batch.items()}
 
 
+def made(target: DiffusionTarget, before: dict[str, int]) -> dict[str, int]:
+    """The target's passes apart from its queries (VAE, text encoder, backward, generation) since ``before``."""
+    return {name: count - before.get(name, 0) for name, count in target.passes().items()
+            if count - before.get(name, 0)}
+
+
 class AttackModule(L.LightningModule):
     """Runs an attack against a target under Lightning's predict loop (devices, progress bar).
 
@@ -54,9 +60,9 @@ class AttackModule(L.LightningModule):
         stored = self.cache.available(index)
         if stored.all():
             return self.cache.read(index).to(self.device)
-        before = self.target.queries
+        before, passes_before = self.target.queries, self.target.passes()
         fresh = self._compute(batch if not stored.any() else _rows(batch, ~stored))
-        self.cache.add(index[~stored], fresh, self.target.queries - before)
+        self.cache.add(index[~stored], fresh, self.target.queries - before, made(self.target, passes_before))
         if not stored.any():
             return fresh
         values = torch.empty((len(index), *fresh.shape[1:]), dtype=fresh.dtype, device=fresh.device)
@@ -64,13 +70,15 @@ class AttackModule(L.LightningModule):
         values[stored.to(fresh.device)] = self.cache.read(index[stored]).to(fresh.device)
         return values
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         index = batch["index"].cpu()
-        before = self.target.queries
+        before, passes_before = self.target.queries, self.target.passes()
         values = self._compute(batch) if self.cache is None else self._stored_or_computed(batch, index)
         return {
             "index": index,
             "features": self.attack.aggregate(values).detach().to(torch.float64).cpu(),
-            # Sample-forwards this batch made, counted by the hook on the denoiser.
+            # Sample-forwards this batch made, counted by the hook on the denoiser; the other networks' passes
+            # (mia.targets.base.DiffusionTarget.passes) counted per batch too, so every device reports its own.
             "queries": torch.tensor(self.target.queries - before),
+            "passes": made(self.target, passes_before),
         }
