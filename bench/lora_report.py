@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.strength_report import read_json, spread
+from bench.strength_report import cell_of, read_json
 
 ROOT = Path(__file__).resolve().parent / "lora"
 ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima", "clid_th", "clid_vec", "rediffuse",
@@ -22,20 +22,6 @@ ROWS = [("defaults", a) for a in ("na", "loss", "pia", "pian", "secmi", "sima", 
 LABEL = {"defaults": "{}", "tuned": "{} (tuned on calibration)", "absolute": "{}, injection=absolute σ=0.1",
          "gradient": "{} (per-sample gradients, fitted on calibration)"}
 BLACK_BOX = ("rediffuse", "reconstruction")  # generation calls only (docs/method.md)
-
-
-def _value(metrics: dict[str, Any], path: str) -> float | None:
-    node: Any = metrics
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node)
-
-
-def _cell(runs: list[dict[str, Any]], path: str) -> str:
-    values = [v for v in (_value(m, path) for m in runs) if v is not None]
-    return spread(values) if values else "–"
 
 
 def _seeds() -> list[Path]:
@@ -94,11 +80,12 @@ def _table(seeds: list[Path]) -> list[str]:
         calls = first.get("generation_calls_per_sample")
         extra = f" + {passes} backward" if passes else (f" in {calls} generations" if calls else "")
         label = LABEL[key[0]].format(key[1]) + (" (black box)" if key[1] in BLACK_BOX else "")
-        out.append(f"| {label} | {queries}{extra} | {_cell(lora, 'auc')} | "
-                   f"{_cell(lora, 'tpr_at_1pct_fpr')} | {_cell(lora, 'reference_calibrated/auc')} | "
-                   f"{_cell(lora, 'reference_calibrated/tpr_at_1pct_fpr')} | {_cell(lora, 'reference_model/auc')} | "
-                   f"{_cell(full, 'auc')} | {_cell(full, 'tpr_at_1pct_fpr')} | "
-                   f"{_cell(full, 'reference_calibrated/auc')} |")
+        out.append(f"| {label} | {queries}{extra} | {cell_of(lora, 'auc')} | "
+                   f"{cell_of(lora, 'tpr_at_1pct_fpr')} | {cell_of(lora, 'reference_calibrated/auc')} | "
+                   f"{cell_of(lora, 'reference_calibrated/tpr_at_1pct_fpr')} | "
+                   f"{cell_of(lora, 'reference_model/auc')} | "
+                   f"{cell_of(full, 'auc')} | {cell_of(full, 'tpr_at_1pct_fpr')} | "
+                   f"{cell_of(full, 'reference_calibrated/auc')} |")
     return out
 
 

@@ -5,7 +5,7 @@
 # (split.pool; the target's labels are never read), then every attack under protocol=shadow:
 #   defaults/   every attack at its paper's defaults, orientation and threshold fitted on the shadows
 #   lira/       the same attacks with attack.calibration=shadows (LiRA; offline with few shadows)
-#   learned/    secmi_nn and learned (NA's features), trained on the shadows' members and non-members
+#   learned/    secmi_nn, learned (NA's features), GSA1 and GSA2, trained on the shadows' members and non-members
 # Every target sample is an evaluation row here; the strength rows "fitted on calibration" are measured on
 # the 3/4 of the samples their calibration part left, so compare them with that in mind.
 # Each run's metrics.json and each shadow's training.json are copied under bench/shadows/.
@@ -13,6 +13,8 @@
 # when the machine was quiet; several times that when it is shared), so SHADOWS=4 x 3 seeds is 12 trainings,
 # about 2.5 h quiet; the attacks query 4 shadows beside the target, about 5x a strength attack run's queries.
 # Usage: bench/shadows.sh [cifar10 root]     SHADOWS=4 (at least 2) SEEDS="0 1 2" (the strength targets)
+#        STAGE=train trains the shadows of every seed, STAGE=attack attacks; both (the default) train every seed's
+#        shadows first, so a seed's attacks never wait on another seed's training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}
@@ -47,6 +49,8 @@ attack_with_shadows() {  # target seed
     hydra.sweep.dir="$out/lira"
   $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
   $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
+  $bin/mia-attack attack=gsa1 "${common[@]}" hydra.run.dir="$out/learned/gsa1"
+  $bin/mia-attack attack=gsa2 "${common[@]}" hydra.run.dir="$out/learned/gsa2"
 
   local dest=$keep/cifar10/seed$seed
   mkdir -p "$dest"
@@ -61,11 +65,18 @@ attack_with_shadows() {  # target seed
   done
 }
 
-for seed in ${SEEDS:-0 1 2}; do
+seeds=${SEEDS:-0 1 2}
+stage=${STAGE:-all}
+case $stage in train|attack|all) ;; *) echo "shadows.sh: STAGE=$stage; use train, attack or all" >&2; exit 2 ;; esac
+for seed in $seeds; do
   if [ ! -f "runs/strength/cifar10/seed$seed/target/split.json" ]; then
     echo "shadows.sh: runs/strength/cifar10/seed$seed/target is missing; train it first (bench/strength.sh)" >&2
     exit 2
   fi
-  train_shadows "$seed"
-  attack_with_shadows "$seed"
 done
+if [ "$stage" != attack ]; then
+  for seed in $seeds; do train_shadows "$seed"; done
+fi
+if [ "$stage" != train ]; then
+  for seed in $seeds; do attack_with_shadows "$seed"; done
+fi

@@ -4,6 +4,8 @@ Sections, each written only when its files are there:
 - the discriminating strength benchmark (bench/strength/, made by bench/strength.sh): per target, every
   attack at its defaults, tuned on the calibration part, and the learned attacks, all on the same
   evaluation part; CIFAR-10 as mean ± standard deviation over its split seeds;
+- fitted on shadows beside fitted on calibration (bench/shadows/, made by bench/shadows.sh;
+  bench/shadows_report.py);
 - the text-to-image target (bench/text_to_image/, made by bench/text_to_image.sh);
 - LoRA and full fine-tunes of a text-to-image base (bench/lora/, made by bench/lora.sh; bench/lora_report.py);
 - why NA flips (bench/na_flip/, made by `python -m bench.na_flip`);
@@ -69,6 +71,22 @@ def spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def value_at(metrics: dict[str, Any], path: str) -> float | None:
+    """The number at a slash-separated path of a metrics.json ('reference_calibrated/auc'), None where absent."""
+    node: Any = metrics
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node)
+
+
+def cell_of(runs: list[dict[str, Any]], path: str) -> str:
+    """One table cell: the value at ``path`` over the runs that have it (mean ± sd over seeds), – when none."""
+    values = [v for v in (value_at(m, path) for m in runs) if v is not None]
+    return spread(values) if values else "–"
 
 
 def target_line(training: dict[str, Any], name: str) -> str:
@@ -285,10 +303,12 @@ def main() -> None:
            "is read from a run's own metrics.json or training.json. Hardware: 2 CPU cores, no GPU. The earlier "
            "benchmark in the memorisation regime (64 members, 5,000 epochs: every attack saturated) is in "
            "[memorisation.md](memorisation.md).", ""]
-    # Imported here, not at the top: bench.lora_report reads its files with this module's helpers.
+    # Imported here, not at the top: these modules read their files with this module's helpers.
     from bench.lora_report import lora_section
+    from bench.shadows_report import shadows_section
 
-    out += strength_section() + text_to_image_section() + lora_section() + na_flip_section() + speed_section()
+    out += (strength_section() + shadows_section() + text_to_image_section() + lora_section() + na_flip_section()
+            + speed_section())
     RESULTS.write_text("\n".join(out) + "\n" + MARKER + notes)
     print(f"wrote {RESULTS.relative_to(REPO)}")
 

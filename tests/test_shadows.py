@@ -180,3 +180,10 @@ def test_mia_train_shadows_and_mia_attack_protocol_shadow(tiny_target: Path, tmp
     assert [Path(m["source"]).parent.name for m in metrics["shadows"]["models"]] == ["shadow1", "shadow2"]
     assert metrics["n_calibration"] == 0 and metrics["shadows"]["queries_per_sample"] == 2
     assert "2 shadow models" in format_metrics(metrics) and "no target label used" in format_metrics(metrics)
+    # GSA's classifier fits on the shadows' gradient features: backward passes counted on the shadows as on the target.
+    gsa = run(compose_config("attack", [
+        f"target.path={tiny_target}", "attack=gsa1", "attack.k=2", "attack.n_estimators=5", "protocol=shadow",
+        f"protocol.shadows=[{tmp_path}/shadow*/target]", "logger=none", "metrics.bootstrap=0", "trainer=cpu",
+        "trainer.enable_progress_bar=false"], tmp_path / "gsa"))
+    assert gsa["calibration"] and gsa["n_calibration"] == 0 and gsa["shadows"]["fitted_rows"] == 2 * 48
+    assert gsa["gradient_passes_per_sample"] == 2 and gsa["shadows"]["queries_per_sample"] == 2 * 2

@@ -80,9 +80,11 @@ class MemberDataModule(L.LightningDataModule):
                 n_members = len(self.split.members)
                 self.captions = captions[:n_members], captions[n_members:]
             self.split.check()
+            drawn = self.split.drawn_from  # split.pool: drawn from that split's samples, not the whole pool
+            source = (f"{drawn['samples']} samples of {drawn['split']}" if drawn else f"pool {len(self.pool)}")
             log.info(
-                "split of %s: %d members, %d non-members (pool %d, seed %d)",
-                self.pool.name, len(self.split.members), len(self.split.nonmembers), len(self.pool), self.seed,
+                "split of %s: %d members, %d non-members (%s, seed %d)",
+                self.pool.name, len(self.split.members), len(self.split.nonmembers), source, self.seed,
             )
         return self.split
 
