@@ -243,6 +243,23 @@ def test_resume_keeps_the_autoencoder_of_the_checkpoint(t2i_target, tmp_path: Pa
     assert info["steps"] == 4
     resumed = StableDiffusionPipeline.from_pretrained(tmp_path / "second" / "target", safety_checker=None).vae
     assert all(torch.equal(saved[k], v) for k, v in resumed.state_dict().items())
+    measured = torch.load(checkpoint, map_location="cpu", weights_only=False)["autoencoder"]["config"]["scaling_factor"]
+    assert resumed.config.scaling_factor == measured != 0.18215
+
+
+def test_a_checkpoints_autoencoder_keeps_its_measured_scaling_factor():
+    from diffusers import AutoencoderKL
+
+    from train_targets.text_to_image import autoencoder_from
+
+    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)
+    vae.register_to_config(scaling_factor=0.5)  # as on_fit_start does once it has measured it
+    checkpoint = {"config": dict(vae.config), "state_dict": vae.state_dict()}  # as on_save_checkpoint keeps it
+    assert AutoencoderKL.from_config(checkpoint["config"]).config.scaling_factor == 0.18215  # diffusers' reset
+    restored = autoencoder_from(checkpoint["config"], checkpoint["state_dict"])
+    assert restored.config.scaling_factor == 0.5 and not restored.training
+    assert all(torch.equal(v, restored.state_dict()[k]) for k, v in vae.state_dict().items())
 
 
 def test_mia_attack_on_the_trained_target_reads_its_captioned_split(t2i_target, tmp_path: Path):

@@ -37,6 +37,15 @@ from train_targets.text_to_image_parts import build_parts, check_parts, load_par
 log = logging.getLogger(__name__)
 
 
+def autoencoder_from(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> AutoencoderKL:
+    """The frozen autoencoder a checkpoint saved, its config as it was (the measured scaling factor included)."""
+    # A config lists the keys left at their defaults when the model was built (_use_default_values), and
+    # from_config resets those to the defaults: the scaling factor registered after measuring it would be lost.
+    vae = AutoencoderKL.from_config({k: v for k, v in config.items() if k != "_use_default_values"})
+    vae.load_state_dict(state_dict)
+    return vae.eval().requires_grad_(False)
+
+
 class Frozen:
     """The parts that are not optimised here: the VAE and the tokenizer.
 
@@ -168,9 +177,7 @@ class TextToImageTarget(DenoisingTarget):
         saved = checkpoint.get("autoencoder")
         if saved is None:
             raise MiaError("the checkpoint holds no autoencoder; it was not written by a text-to-image target")
-        vae = AutoencoderKL.from_config(saved["config"])
-        vae.load_state_dict(saved["state_dict"])
-        self.frozen.vae = vae.eval().requires_grad_(False)
+        self.frozen.vae = autoencoder_from(saved["config"], saved["state_dict"])
         self.vae_ready = saved["ready"]
         self.autoencoder_ids = saved.get("trained_on")  # None: a checkpoint from before the ids were kept
 
