@@ -274,3 +274,24 @@ def test_mia_attack_on_the_trained_target_reads_its_captioned_split(t2i_target, 
     assert metrics["evaluation_set"]["labels_verified"] is True and metrics["conditioning"] == "text"
     assert metrics["n_members"] == 8 and metrics["n_nonmembers"] == 8
     assert metrics["encoder_passes_per_sample"] == 1
+
+
+def test_preview_grids_are_drawn_with_the_exported_ema_weights(t2i_target, tmp_path: Path):
+    # The last validation's grid (step 4) is what the exported pipeline draws for the same prompts and seed.
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    from train_targets.denoising import preview_grid
+
+    _, target, _ = t2i_target
+    split = Split.load(target / "split.json")
+    pipeline = StableDiffusionPipeline.from_pretrained(target, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    hparams = json.loads((target / "training.json").read_text())["config"]["target"]
+    prompts = [split.captions[i] for i in split.members[: hparams["sample_count"]]]
+    images = pipeline(prompts, num_inference_steps=hparams["sample_steps"], guidance_scale=hparams["sample_guidance"],
+                      generator=torch.Generator("cpu").manual_seed(0), output_type="pt").images
+    save_image(preview_grid(images.float()), tmp_path / "regenerated.png")
+    saved = np.asarray(Image.open(target.parent / "samples" / "samples_step0000004.png"))
+    assert np.array_equal(saved, np.asarray(Image.open(tmp_path / "regenerated.png")))

@@ -152,6 +152,13 @@ class DenoisingTarget(L.LightningModule):
             if rows.any():
                 self.log(name, per_sample[rows].mean(), batch_size=int(rows.sum()), sync_dist=True)
 
+    def on_validation_epoch_start(self) -> None:
+        # Drawn here, not at the epoch's end: callbacks' hooks run before the module's, and weight averaging
+        # swaps the EMA weights in at the start of validation and out again at its end, so the grid shows the
+        # weights that are exported. One grid per run under DDP: rank zero draws it.
+        if self.previews_due() and self.trainer.is_global_zero:
+            self.log_samples()
+
     def on_validation_epoch_end(self) -> None:
         metrics = self.trainer.callback_metrics
         if "val/loss_members" in metrics and "val/loss_nonmembers" in metrics:

@@ -73,13 +73,6 @@ class DDPMTarget(DenoisingTarget):
             return None
         return super().training_step(batch, batch_idx)
 
-    def on_validation_epoch_start(self) -> None:
-        # Drawn here, not at the epoch's end: callbacks' hooks run before the module's, and weight averaging
-        # swaps the EMA weights in at the start of validation and out again at its end. One grid per run
-        # under DDP: rank zero draws it.
-        if self.previews_due() and self.trainer.is_global_zero:
-            self.log_samples()
-
     @torch.no_grad()
     def sample(self, n: int, steps: int, seed: int = 0) -> torch.Tensor:
         """n images in [-1, 1] from a deterministic DDIM sampler with ``steps`` steps (previews only)."""

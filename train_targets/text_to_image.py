@@ -217,14 +217,6 @@ class TextToImageTarget(DenoisingTarget):
             parameters += [*self.text_encoder.parameters()]
         return parameters
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()  # the loss gap
-        # Drawn here, as before the shared base class, so the grids stay what they were: after the callbacks'
-        # hooks, i.e. with the raw weights (the EMA callback has swapped them back in), and on every rank
-        # under DDP. DDPMTarget draws at the epoch's start, with the EMA weights, on rank zero.
-        if self.previews_due():
-            self.log_samples()
-
     @torch.no_grad()
     def sample(self, prompts: list[str], steps: int, guidance_scale: float, seed: int = 0) -> torch.Tensor:
         """Images in [0, 1] for ``prompts`` from the pipeline (DDIM, classifier-free guidance; previews only)."""
