@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mia.attacks import LossAttack, NoiseAggregation, SecMI
+from mia.errors import MiaError
 from mia.scoring.cache_key import cache_key
 from mia.targets.base import default_micro_batch
 from mia.targets.latent import encode_rows
@@ -139,8 +140,27 @@ def test_guided_conditions_are_split_padded_and_counted_twice(one_thread):
                  for s in range(0, SAMPLES, batch)]
         assert torch.equal(torch.cat(parts), whole)
     assert target.queries == 3 * 2 * SAMPLES
-    with pytest.raises(TypeError, match="cannot be split into micro-batches"):
-        target.predict_noise(x, 30, cond=["a list"] * SAMPLES)
+    with pytest.raises(MiaError, match="condition of type list cannot be split into passes"):
+        target.predict_noise(x, 30, cond=["a list"] * SAMPLES)  # one item per row, or one per field? refused
+
+
+def test_a_dict_of_conditions_follows_its_rows_into_the_passes(one_thread):
+    """A custom module's keyword conditions: each value split with its rows, padding included."""
+
+    class KeywordTarget(type(random_unet_target(num_class_embeds=3))):
+        def denoise(self, x_t, timesteps, cond):
+            return self.denoiser(x_t, timesteps, class_labels=cond["labels"]["class"]).sample
+
+    target = random_unet_target(num_class_embeds=3)
+    target.micro_batch = 4
+    x = torch.randn(SAMPLES, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(SAMPLES) % 3
+    expected = target.predict_noise(x, 30, target.conditions({"class_label": labels}))  # a Condition's rows
+    target.__class__ = KeywordTarget
+    for batch in (SAMPLES, 5):  # 5: passes of 4, 1 padded to 4
+        parts = [target.predict_noise(x[s:s + batch], 30, {"labels": {"class": labels[s:s + batch]}})
+                 for s in range(0, SAMPLES, batch)]
+        assert torch.equal(torch.cat(parts), expected)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])

@@ -199,14 +199,24 @@ def _padded(x_t: torch.Tensor, cond: Any, start: int, size: int) -> tuple[torch.
     if start == 0 and len(x_t) == size:  # the whole batch is one pass: no copy
         return x_t, cond
     rows = padded_rows(len(x_t), start, size).to(x_t.device)
+    return x_t[rows], condition_rows(cond, rows)
+
+
+def condition_rows(cond: Any, rows: torch.Tensor) -> Any:
+    """The rows ``rows`` of a batch's condition: None, a tensor, an object with ``rows(index)`` (a Condition),
+    or a dict of those (a custom module's keyword conditions). Anything else is refused: a list or tuple could
+    hold one item per row or one tensor per field, and guessing which would give a row another's condition."""
     if cond is None:
-        return x_t[rows], None
+        return None
     if isinstance(cond, torch.Tensor):
-        return x_t[rows], cond[rows.to(cond.device)]
+        return cond[rows.to(cond.device)]
     if hasattr(cond, "rows"):  # mia.targets.guidance.Condition
-        return x_t[rows], cond.rows(rows)
-    raise TypeError(f"a condition of type {type(cond).__name__} cannot be split into micro-batches; give it a "
-                    "rows(index) method, or set the target's micro_batch to None")
+        return cond.rows(rows)
+    if isinstance(cond, dict):
+        return {key: condition_rows(value, rows) for key, value in cond.items()}
+    raise MiaError(f"the target's condition of type {type(cond).__name__} cannot be split into passes of "
+                   "micro_batch rows; make it a tensor, a dict of tensors or an object with a rows(index) method, "
+                   "or set the target's micro_batch to None (whole batches; scores may then depend on the batch)")
 
 
 def padded_rows(count: int, start: int, size: int) -> torch.Tensor:
