@@ -295,3 +295,29 @@ def test_preview_grids_are_drawn_with_the_exported_ema_weights(t2i_target, tmp_p
     save_image(preview_grid(images.float()), tmp_path / "regenerated.png")
     saved = np.asarray(Image.open(target.parent / "samples" / "samples_step0000004.png"))
     assert np.array_equal(saved, np.asarray(Image.open(tmp_path / "regenerated.png")))
+
+
+def test_a_fine_tune_carries_what_its_base_trained_on_and_never_evaluates_on_it(t2i_target, tmp_path: Path):
+    from train_targets.inherited import inherited_training
+
+    data, base, _ = t2i_target
+    base_split = Split.load(base / "split.json")
+    assert inherited_training({"base": str(base)}, {"name": "captioned_folder"}) == {
+        "base": base_split.members, "autoencoder": base_split.also_trained_on["autoencoder"]}
+    assert inherited_training({"autoencoder": str(base)}, {"name": "captioned_folder"}) == {
+        "autoencoder": base_split.also_trained_on["autoencoder"]}
+    assert inherited_training({"base": str(base)}, {"name": "flickr8k"}) == {}  # another dataset's ids
+    assert inherited_training({"base": str(tmp_path)}, {"name": "captioned_folder"}) == {}  # no split.json
+    # The base's members as the fine-tune's non-members: their label would be wrong, refused before training.
+    tune = [*TINY_T2I, f"data.root={data}", f"target.init_from={base}", "trainer.max_steps=2",
+            f"export_dir={tmp_path}/tuned"]
+    with pytest.raises(MiaError, match=r"non-members \(e\.g\. .*\) were trained on by the base of .*split\.exclude="):
+        train(compose_config("train", [*tune, "split.seed=3"], tmp_path / "refused"))
+    assert not (tmp_path / "tuned").exists()
+    # Drawn without the base's samples (from a folder with 16 more photos): its split.json carries the base's on.
+    more = captioned_folder(tmp_path / "more", count=IMAGES + 16)
+    train(compose_config("train", [*tune, f"data.root={more}", "split.members=4", "split.nonmembers=4",
+                                   f"split.exclude=[{base}/split.json]"], tmp_path / "run"))
+    tuned = Split.load(tmp_path / "tuned" / "split.json")
+    assert tuned.also_trained_on["base"] == base_split.members
+    assert tuned.also_trained_on["autoencoder"] == base_split.also_trained_on["autoencoder"]

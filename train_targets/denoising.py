@@ -108,6 +108,11 @@ class DenoisingTarget(L.LightningModule):
         """Pool samples outside the split that a part of the model trained on, by part (split.json records them)."""
         return {}
 
+    def started_from(self) -> dict[str, str]:
+        """Folders whose weights this model starts from, by part ("base": all of them, "autoencoder"): what those
+        trained on is carried into split.json too (train_targets.inherited). None for a model built fresh."""
+        return {}
+
     def training_record(self) -> dict[str, Any]:
         """What the target adds to training.json (e.g. a LoRA's base and rank); nothing by default."""
         return {}

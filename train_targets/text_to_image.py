@@ -166,8 +166,13 @@ class TextToImageTarget(DenoisingTarget):
         log.info("autoencoder ready (latent scaling factor %.4f)", self.vae.config.scaling_factor)
 
     def also_trained_on(self) -> dict[str, list[str]]:
-        # An autoencoder from another folder (vae_from, init_from) was trained there: that folder's split says on what.
+        # An autoencoder from another folder (vae_from, init_from) was trained there: started_from names it.
         return {"autoencoder": self.autoencoder_ids} if self.autoencoder_ids else {}
+
+    def started_from(self) -> dict[str, str]:
+        if self.hparams.init_from:  # a fine-tune (a LoRA's base too): every part came from that folder
+            return {"base": str(self.hparams.init_from)}
+        return {"autoencoder": str(self.hparams.vae_from)} if self.hparams.vae_from else {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["autoencoder"] = {"config": dict(self.vae.config), "state_dict": self.vae.state_dict(),

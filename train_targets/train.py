@@ -26,6 +26,7 @@ from mia.runs.exit import run_or_exit
 from mia.targets.compiled import check_compile_mode
 from train_targets.data import MemberDataModule
 from train_targets.export import check_export_dir, export_target
+from train_targets.inherited import check_nonmembers_unseen, inherited_training, merged
 from train_targets.lora import LoRATarget
 from train_targets.module import DDPMTarget
 from train_targets.privacy import PrivateTraining, dp_settings
@@ -171,6 +172,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if dp is not None and not isinstance(model, DDPMTarget):
         raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
                        f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
+    # What the starting weights (a fine-tune's base, a borrowed autoencoder) trained on: no non-member of it.
+    inherited = inherited_training(model.started_from(), data_config)
+    check_nonmembers_unseen(split, inherited, model.started_from())
     model.compile_mode = compile_as
     model.check_fits(pool.channels, pool.image_size)
     if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions
@@ -230,8 +234,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
                  spent["noise_multiplier"], spent["max_grad_norm"], spent["accountant"])
     if not trainer.is_global_zero:  # under DDP every rank gets here; one writes the target
         return info
-    if model.also_trained_on():  # e.g. a text-to-image autoencoder's images: split.exclude keeps them out too
-        split = dataclasses.replace(split, also_trained_on=model.also_trained_on())
+    # e.g. a text-to-image autoencoder's images, a fine-tune's base's members: split.exclude keeps them out too
+    also_trained_on = merged(inherited, model.also_trained_on())
+    if also_trained_on:
+        split = dataclasses.replace(split, also_trained_on=also_trained_on)
     export_target(model.export(), split, export_dir, info, overwrite=cfg.overwrite)
     log.info(
         "trained %d steps (%.0f epochs over %d members, %.2f M parameters) in %.0f s; target: %s",
