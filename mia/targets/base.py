@@ -10,6 +10,7 @@ batches of ``micro_batch`` rows, so a sample's prediction does not depend on the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -156,9 +157,9 @@ class DiffusionTarget(nn.Module):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ValueError(f"micro_batch must be a positive integer or None, got {size!r}")
             parts = []
-            for start in range(0, len(x_t), size):
-                rows, rows_cond = _padded(x_t, cond, start, size)
-                parts.append(self._pass(rows, t, rows_cond, min(size, len(x_t) - start)))
+            for rows, real in padded_passes(len(x_t), size):
+                pass_x, pass_cond = _padded(x_t, cond, rows, size)
+                parts.append(self._pass(pass_x, t, pass_cond, real))
             eps = torch.cat(parts)
         if not torch.isfinite(eps).all():
             bad = int((~torch.isfinite(eps.flatten(1))).any(1).sum())
@@ -189,16 +190,16 @@ class DiffusionTarget(nn.Module):
         return x0
 
 
-def _padded(x_t: torch.Tensor, cond: Any, start: int, size: int) -> tuple[torch.Tensor, Any]:
-    """Rows ``start .. start+size`` of a batch and its condition, the last real row repeated past its end.
+def _padded(x_t: torch.Tensor, cond: Any, rows: torch.Tensor, size: int) -> tuple[torch.Tensor, Any]:
+    """One pass's rows of a batch and of its condition (``padded_passes``: the last real row repeated past the end).
 
     At one fixed shape a row's output does not depend on its position or on the other rows (checked in
     tests/test_batch_invariance.py), so what the padding holds does not matter; repeating a real row keeps
     the denoiser's input in the range it was trained on.
     """
-    if start == 0 and len(x_t) == size:  # the whole batch is one pass: no copy
+    if len(x_t) == size:  # the whole batch is one pass: no copy
         return x_t, cond
-    rows = padded_rows(len(x_t), start, size).to(x_t.device)
+    rows = rows.to(x_t.device)
     return x_t[rows], condition_rows(cond, rows)
 
 
@@ -217,6 +218,13 @@ def condition_rows(cond: Any, rows: torch.Tensor) -> Any:
     raise MiaError(f"the target's condition of type {type(cond).__name__} cannot be split into passes of "
                    "micro_batch rows; make it a tensor, a dict of tensors or an object with a rows(index) method, "
                    "or set the target's micro_batch to None (whole batches; scores may then depend on the batch)")
+
+
+def padded_passes(count: int, size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """The passes of ``size`` rows over a batch of ``count``: each one's row indices (``padded_rows``) and how
+    many of them are real rows (the rest repeat the last one and are not counted)."""
+    for start in range(0, count, size):
+        yield padded_rows(count, start, size), min(size, count - start)
 
 
 def padded_rows(count: int, start: int, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mia.errors import MiaError
-from mia.targets.base import DiffusionTarget, padded_rows, rows_per_pass
+from mia.targets.base import DiffusionTarget, padded_passes, rows_per_pass
 from mia.targets.guidance import Condition, guided
 from mia.targets.identity import file_digest
 from mia.targets.schedule import Schedule, read_schedule
@@ -116,10 +116,8 @@ class LatentTextTarget(DiffusionTarget):
         weight = next(self.vae.parameters())
         size = encode_rows(images.shape[1:])
         means, stds = [], []
-        for start in range(0, len(images), size):
-            real = min(size, len(images) - start)
-            rows = padded_rows(len(images), start, size).to(images.device)
-            posterior = self.vae.encode(images[rows].to(weight)).latent_dist
+        for rows, real in padded_passes(len(images), size):
+            posterior = self.vae.encode(images[rows.to(images.device)].to(weight)).latent_dist
             self.encoder_passes -= size - real  # the padding rows are not samples
             means.append(posterior.mean[:real].float())
             stds.append(posterior.std[:real].float())
@@ -155,9 +153,7 @@ class LatentTextTarget(DiffusionTarget):
         device = next(self.text_encoder.parameters()).device
         masked = getattr(self.text_encoder.config, "use_attention_mask", False)
         parts = []
-        for start in range(0, len(captions), TEXT_ROWS):
-            real = min(TEXT_ROWS, len(captions) - start)
-            rows = padded_rows(len(captions), start, TEXT_ROWS)
+        for rows, real in padded_passes(len(captions), TEXT_ROWS):
             mask = tokens.attention_mask[rows].to(device) if masked else None
             parts.append(self.text_encoder(tokens.input_ids[rows].to(device), attention_mask=mask)[0][:real])
             self.text_encoder_passes -= TEXT_ROWS - real  # the padding rows are not captions
