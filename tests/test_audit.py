@@ -86,6 +86,23 @@ def test_features_come_through_the_cache_of_an_earlier_attack(tiny_target: Path,
     assert record["features"] == ["sima"] and record["queries_per_sample"] == 1 and record["queries_this_run"] == 0
 
 
+def test_a_black_box_audit_calls_only_the_pipeline_and_counts_its_generations(tiny_target: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    from mia.targets.base import DiffusionTarget
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a black-box feature called predict_noise")
+
+    monkeypatch.setattr(DiffusionTarget, "predict_noise", refused)
+    record = audit(compose_config("audit", [f"target.path={tiny_target}", *QUICK, "features=blackbox",
+                                            "audit.features.rediffuse.n=2", "data.suspect_count=6"],
+                                  tmp_path / "audit"))
+    assert record["features"] == ["rediffuse"] and "text-conditional" in record["features_skipped"]["reconstruction"]
+    assert record["generation_calls_per_sample"] == 2  # n variations per sample, each one call
+    assert record["queries_per_sample"] == 2 * 2  # int(10 steps x strength 0.2) = 2 denoiser steps per variation
+    assert record["verdict"]["claim"] in ("evidence", "no evidence", "none")
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["data.suspect_count=3"], "the suspect set holds 3 samples, fewer than the 4 the scorer needs"),
     (["data.suspect_count=12", "data.max_nonmembers=6"], "the reference set holds 6 samples"),

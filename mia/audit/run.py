@@ -30,9 +30,9 @@ from mia.targets.base import DiffusionTarget
 log = logging.getLogger(__name__)
 
 
-def default_features() -> dict[str, Attack]:
-    """The features conf/audit/audit.yaml names (audit.features), built."""
-    node = OmegaConf.load(Path(config_dir("audit")) / "audit.yaml").audit.features
+def default_features(kind: str = "denoiser") -> dict[str, Attack]:
+    """The features conf/audit/features/<kind>.yaml names (mia-audit's ``features=``), built."""
+    node = OmegaConf.load(Path(config_dir("audit")) / "features" / f"{kind}.yaml")
     return {name: build(attack, _convert_="all") for name, attack in node.items() if attack is not None}
 
 
@@ -45,7 +45,8 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
 
     ``evalset``: the two sets as one evaluation set already built (suspects labelled 1), else
     ``mia.evaluation_set(target, suspect, reference, **data)``; ``features``: the feature attacks (default:
-    conf/audit/audit.yaml's); ``settings``: the test's knobs; ``scoring``: as for ``mia.run_attack``.
+    conf/audit/features/denoiser.yaml's; ``default_features("blackbox")``: attacks that only call the pipeline);
+    ``settings``: the test's knobs; ``scoring``: as for ``mia.run_attack``.
     """
     settings = settings or InferenceSettings()
     check_sets(suspect, reference)
@@ -68,6 +69,8 @@ def run_audit(target: DiffusionTarget, suspect: str | Path | None = None, refere
         **({"features_skipped": features.skipped} if features.skipped else {}),
         "queries_per_sample": features.queries_per_sample,
         "queries_this_run": features.queries_this_run,
+        # The other networks' passes (VAE, text encoder) and the black-box features' generation calls.
+        **{f"{name}_per_sample": count for name, count in features.passes_per_sample.items()},
         "settings": {"scorer": settings.scorer, "folds": settings.folds, "resamples": settings.resamples,
                      "permutations": settings.permutations, "alpha": settings.alpha,
                      "false_alarm_level": settings.false_alarm_level, "max_false_alarms": settings.max_false_alarms,
