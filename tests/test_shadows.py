@@ -25,7 +25,7 @@ from mia.data.images import to_model_range
 from mia.data.pools import DigitsPool
 from mia.data.split import Split
 from mia.errors import MiaError
-from mia.evaluation.lira import IN, OUT, lira
+from mia.evaluation.lira import IN, OUT, leave_one_out, lira
 from mia.reporting.console import format_metrics
 from mia.runs.attack import run
 from mia.targets.memorizer import memorizing_target
@@ -138,6 +138,18 @@ def test_lira_online_and_offline_by_hand():
     assert flipped[0] < flipped[1]  # the one side is the one the shadows showed members lie on
     with pytest.raises(MiaError, match="1 evaluation samples are held out by no shadow model"):
         lira(np.array([2.0, 0.0]), shadow, np.array([[IN, OUT], [IN, IN], [IN, OUT], [IN, IN]]))
+
+
+def test_leave_one_shadow_out_leaves_out_the_rows_the_others_cannot_score():
+    # Sample 2 is in shadows 1 and 2: scoring shadow 0 from those two, no model held it out; it is left out of
+    # shadow 0's rows (not the whole threshold), and kept for shadows 1 and 2, whose others include shadow 0.
+    shadow = np.array([[0.0, 1.0, 0.2], [1.1, 0.1, 2.0], [0.1, 0.9, 2.1]])
+    rows = np.array([[OUT, IN, OUT], [IN, OUT, IN], [OUT, OUT, IN]])
+    scores, labels = leave_one_out(shadow, rows, 1.0, "offline")
+    assert len(scores) == len(labels) == 2 + 3 + 3 and np.isfinite(scores).all()
+    assert list(labels[:2]) == [OUT, IN]  # shadow 0's samples 0 and 1
+    with pytest.raises(MiaError, match="no shadow's samples can be scored by offline LiRA"):
+        leave_one_out(shadow[:, 2:], rows[:, 2:] * 0 + IN, 1.0, "offline")
 
 
 def test_too_few_shadows_or_another_recipe_is_refused(world, tmp_path: Path):

@@ -98,15 +98,24 @@ def leave_one_out(shadow_scores: np.ndarray, membership: np.ndarray, orientation
                   mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Each shadow scored by LiRA (in ``mode``) from the other shadows: its scores and memberships, pooled over
     the rows of its split. What a threshold on the LiRA score is fitted on: no shadow's score enters its own
-    Gaussians. Raises MiaError when the other shadows cannot score some sample in that mode.
+    Gaussians. A row the other shadows cannot score in that mode (in all of their training sets; online: in
+    none) is left out of the pool, not guessed; raises MiaError when no row is left.
     """
     scores, labels = [], []
     for k in range(len(shadow_scores)):
         others = np.arange(len(shadow_scores)) != k
-        known = membership[k] != UNKNOWN
-        own, _ = lira(shadow_scores[k], shadow_scores[others], membership[others], orientation, mode)
-        scores.append(own[known])
-        labels.append(membership[k][known])
+        rest = membership[others]
+        scorable = (membership[k] != UNKNOWN) & ((rest == OUT).sum(0) > 0)
+        if mode == "online":
+            scorable &= (rest == IN).sum(0) > 0
+        if not scorable.any():
+            continue
+        own, _ = lira(shadow_scores[k][scorable], shadow_scores[others][:, scorable], rest[:, scorable],
+                      orientation, mode)
+        scores.append(own)
+        labels.append(membership[k][scorable])
+    if not scores:
+        raise MiaError(f"no shadow's samples can be scored by {mode} LiRA from the other shadows")
     return np.concatenate(scores), np.concatenate(labels)
 
 
