@@ -15,6 +15,8 @@
 # Usage: bench/shadows.sh [cifar10 root]     SHADOWS=4 (at least 2) SEEDS="0 1 2" (the strength targets)
 #        STAGE=train trains the shadows of every seed, STAGE=attack attacks; both (the default) train every seed's
 #        shadows first, so a seed's attacks never wait on another seed's training.
+#        ATTACK_GROUPS="fixed learned gradient" (the default) runs the attacks group by group over the seeds;
+#        GSA (gradient) is by far the slowest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}
@@ -39,25 +41,33 @@ train_shadows() {  # target seed: the shadows of runs/strength/cifar10/seed<seed
     hydra.sweep.dir="$shadows/sweep" "${quiet[@]}"
 }
 
-attack_with_shadows() {  # target seed
-  local seed=$1 target=runs/strength/cifar10/seed$1/target shadows=runs/shadows/cifar10/seed$1
+attack_with_shadows() {  # target seed, group of attacks: fixed | learned | gradient
+  local seed=$1 group=$2 target=runs/strength/cifar10/seed$1/target shadows=runs/shadows/cifar10/seed$1
   local out=$shadows/attacks
   local common=(target.path="$target" protocol=shadow "protocol.shadows=[$shadows/shadow*/target]" logger=none
                 "${quiet[@]}")
-  $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
-  $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima attack.calibration=shadows "${common[@]}" \
-    hydra.sweep.dir="$out/lira"
-  $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
-  $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na"
-  $bin/mia-attack attack=gsa1 "${common[@]}" hydra.run.dir="$out/learned/gsa1"
-  $bin/mia-attack attack=gsa2 "${common[@]}" hydra.run.dir="$out/learned/gsa2"
+  case $group in
+    fixed)
+      $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
+      $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima attack.calibration=shadows "${common[@]}" \
+        hydra.sweep.dir="$out/lira" ;;
+    learned)
+      $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
+      $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na" ;;
+    gradient)  # one sample per forward and backward pass: 5-6 minutes per model and variant on 2 CPU cores
+      $bin/mia-attack attack=gsa1 "${common[@]}" hydra.run.dir="$out/learned/gsa1"
+      $bin/mia-attack attack=gsa2 "${common[@]}" hydra.run.dir="$out/learned/gsa2" ;;
+  esac
+  keep_runs "$seed"
+}
 
-  local dest=$keep/cifar10/seed$seed
+keep_runs() {  # target seed: its shadows' training records and every finished run's metrics.json, under bench/
+  local seed=$1 shadows=runs/shadows/cifar10/seed$1 dest=$keep/cifar10/seed$1
   mkdir -p "$dest"
   for shadow in "$shadows"/shadow*/target; do
     cp "$shadow/training.json" "$dest/$(basename "$(dirname "$shadow")")_training.json"
   done
-  for run in "$out"/defaults/*/ "$out"/lira/*/ "$out"/learned/*/; do
+  for run in "$shadows"/attacks/defaults/*/ "$shadows"/attacks/lira/*/ "$shadows"/attacks/learned/*/; do
     [ -f "$run/metrics.json" ] || continue
     local attack
     attack=$($bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['attack'])" "$run/metrics.json")
@@ -77,6 +87,8 @@ done
 if [ "$stage" != attack ]; then
   for seed in $seeds; do train_shadows "$seed"; done
 fi
-if [ "$stage" != train ]; then
-  for seed in $seeds; do attack_with_shadows "$seed"; done
+if [ "$stage" != train ]; then  # group by group over the seeds: the cheap rows of every seed come first
+  for group in ${ATTACK_GROUPS:-fixed learned gradient}; do
+    for seed in $seeds; do attack_with_shadows "$seed" "$group"; done
+  done
 fi
