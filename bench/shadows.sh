@@ -78,6 +78,11 @@ keep_runs() {  # target seed: its shadows' training records and every finished r
 seeds=${SEEDS:-0 1 2}
 stage=${STAGE:-all}
 case $stage in train|attack|all) ;; *) echo "shadows.sh: STAGE=$stage; use train, attack or all" >&2; exit 2 ;; esac
+groups=${ATTACK_GROUPS:-fixed learned gradient}
+for group in $groups; do
+  case $group in fixed|learned|gradient) ;;
+    *) echo "shadows.sh: ATTACK_GROUPS has $group; use fixed, learned and/or gradient" >&2; exit 2 ;; esac
+done
 for seed in $seeds; do
   if [ ! -f "runs/strength/cifar10/seed$seed/target/split.json" ]; then
     echo "shadows.sh: runs/strength/cifar10/seed$seed/target is missing; train it first (bench/strength.sh)" >&2
@@ -88,7 +93,7 @@ if [ "$stage" != attack ]; then
   for seed in $seeds; do train_shadows "$seed"; done
 fi
 if [ "$stage" != train ]; then  # group by group over the seeds: the cheap rows of every seed come first
-  for group in ${ATTACK_GROUPS:-fixed learned gradient}; do
+  for group in $groups; do
     for seed in $seeds; do attack_with_shadows "$seed" "$group"; done
   done
 fi

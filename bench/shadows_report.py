@@ -45,10 +45,8 @@ def _orientation(runs: list[dict[str, Any]]) -> str:
     return f"{kept} of {len(runs)}"
 
 
-def _row(label: str, fitted_on: str, runs: list[dict[str, Any]], accuracy: str, orientation: str,
-         cost: str) -> str:
-    return (f"| {label} | {fitted_on} | {cell_of(runs, 'auc')} | {cell_of(runs, 'tpr_at_1pct_fpr')} | "
-            f"{cell_of(runs, accuracy)} | {orientation} | {cell_of(runs, 'shadows/auc_on_shadows')} | {cost} |")
+def _passes(queries: float, backward: float | None) -> str:
+    return f"{queries:,g} quer{'y' if queries == 1 else 'ies'}" + (f" + {backward:,g} backward" if backward else "")
 
 
 def _calibration_cost(runs: list[dict[str, Any]]) -> str:
@@ -56,39 +54,46 @@ def _calibration_cost(runs: list[dict[str, Any]]) -> str:
     if not first.get("calibration"):  # a fixed attack: the calibrated ASR picks its threshold on half the rows
         return "none (its threshold: half the evaluation rows' labels)"
     labelled = first["n_calibration"]
-    return f"{labelled} target samples' labels, {labelled * first['queries_per_sample']:,} queries"
+    backward = first.get("gradient_passes_per_sample")
+    return (f"{labelled} target samples' labels, "
+            f"{_passes(labelled * first['queries_per_sample'], labelled * backward if backward else None)}")
 
 
 def _shadow_cost(runs: list[dict[str, Any]]) -> str:
     first = runs[0]["shadows"]
-    return f"{first['queries_per_sample']} queries / sample on the shadows, no target label"
+    return (f"{_passes(first['queries_per_sample'], first.get('gradient_passes_per_sample'))} / sample on the "
+            "shadows, no target label")
 
 
 def _table(seeds: list[Path]) -> list[str]:
     strength = [STRENGTH / s.name for s in seeds]
-    out = ["| attack | fitted on | AUC | TPR@1%FPR | balanced accuracy at the fitted threshold | kept the "
-           "paper's direction | AUC on the shadows | what the fit cost |", "|" + "---|" * 8]
+    out = ["| attack | fitted on | seeds | AUC | TPR@1%FPR | balanced accuracy at the fitted threshold | kept the "
+           "paper's direction | AUC on the shadows | what the fit cost |", "|" + "---|" * 9]
     for attack in (*FIXED, *LEARNED):
         kind = LEARNED.get(attack, "defaults")
         on_calibration = _runs(strength, f"{kind}_{attack}.json")
-        queries = (on_calibration or [{}])[0].get("queries_per_sample")
-        passes = (on_calibration or [{}])[0].get("gradient_passes_per_sample")
+        first = on_calibration[0] if on_calibration else {}
         name = "learned (NA features)" if attack == "learned" else attack
-        counted = f"{queries} quer{'y' if queries == 1 else 'ies'}" + (f" + {passes} backward" if passes else "")
-        label = f"{name} ({counted})" if queries else name
+        label = (f"{name} ({_passes(first['queries_per_sample'], first.get('gradient_passes_per_sample'))})"
+                 if first else name)
         if on_calibration:
             fitted = ("the target's calibration part" if attack in LEARNED
                       else "nothing (threshold: the target's labels)")
-            out.append(f"| {label} | {fitted} | {cell_of(on_calibration, 'auc')} | "
+            out.append(f"| {label} | {fitted} | {len(on_calibration)} | {cell_of(on_calibration, 'auc')} | "
                        f"{cell_of(on_calibration, 'tpr_at_1pct_fpr')} | {cell_of(on_calibration, 'asr_calibrated')} "
                        f"| – | – | {_calibration_cost(on_calibration)} |")
         for prefix, fitted in (("defaults", "shadows: direction and threshold"), ("lira", "shadows: LiRA"),
                                ("learned", "shadows: the classifier, direction and threshold")):
             runs = _runs(seeds, f"{prefix}_{attack}.json")
-            if runs and (prefix == "learned") == (attack in LEARNED):
-                fitted = f"{fitted} ({_shadow_count(runs)} shadows)"
-                out.append(_row(label, fitted, runs, "shadows/target_at_threshold/balanced_accuracy",
-                                _orientation(runs), _shadow_cost(runs)))
+            if not runs or (prefix == "learned") != (attack in LEARNED):
+                continue
+            # A learned attack's direction and AUC on the shadows are in-sample (fitted on those rows).
+            direction = "–" if attack in LEARNED else _orientation(runs)
+            on_shadows = cell_of(runs, "shadows/auc_on_shadows") + (" (in-sample)" if attack in LEARNED else "")
+            out.append(f"| {label} | {fitted} ({_shadow_count(runs)} shadows) | {len(runs)} | "
+                       f"{cell_of(runs, 'auc')} | {cell_of(runs, 'tpr_at_1pct_fpr')} | "
+                       f"{cell_of(runs, 'shadows/target_at_threshold/balanced_accuracy')} | {direction} | "
+                       f"{on_shadows} | {_shadow_cost(runs)} |")
     return out
 
 

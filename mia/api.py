@@ -212,6 +212,9 @@ def _on_shadows(attack: Attack, predicted: Predictions, shadows: Sequence[Diffus
     record = {**fitted.record, "models": shadow_models_record(shadows, rows),
               "queries_per_sample": _tidy(sum(p.queries for p in on_shadows) / len(evalset)),
               "queries_per_sample_this_run": _tidy(sum(p.queries_this_run for p in on_shadows) / len(evalset)),
+              # The shadows' other passes (GSA's backward passes, a latent shadow's VAE), summed as their queries.
+              **{f"{name}_per_sample": _tidy(sum(p.passes.get(name, 0) for p in on_shadows) / len(evalset))
+                 for name in dict.fromkeys(n for p in on_shadows for n in p.passes)},
               "seconds": round(sum(p.seconds for p in on_shadows), 3)}
     if "threshold" in fitted.record:
         record["target_at_threshold"] = at_threshold(fitted.scores, labels, fitted.record["threshold"])

@@ -199,3 +199,4 @@ def test_mia_train_shadows_and_mia_attack_protocol_shadow(tiny_target: Path, tmp
         "trainer.enable_progress_bar=false"], tmp_path / "gsa"))
     assert gsa["calibration"] and gsa["n_calibration"] == 0 and gsa["shadows"]["fitted_rows"] == 2 * 48
     assert gsa["gradient_passes_per_sample"] == 2 and gsa["shadows"]["queries_per_sample"] == 2 * 2
+    assert gsa["shadows"]["gradient_passes_per_sample"] == 2 * 2
