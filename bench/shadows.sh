@@ -15,8 +15,8 @@
 # Usage: bench/shadows.sh [cifar10 root]     SHADOWS=4 (at least 2) SEEDS="0 1 2" (the strength targets)
 #        STAGE=train trains the shadows of every seed, STAGE=attack attacks; both (the default) train every seed's
 #        shadows first, so a seed's attacks never wait on another seed's training.
-#        ATTACK_GROUPS="fixed learned gradient" (the default) runs the attacks group by group over the seeds;
-#        GSA (gradient) is by far the slowest.
+#        ATTACK_GROUPS="fixed learned gsa1 gsa2" (the default) runs the attacks group by group over the seeds;
+#        GSA is by far the slowest (one sample per pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}
@@ -41,7 +41,7 @@ train_shadows() {  # target seed: the shadows of runs/strength/cifar10/seed<seed
     hydra.sweep.dir="$shadows/sweep" "${quiet[@]}"
 }
 
-attack_with_shadows() {  # target seed, group of attacks: fixed | learned | gradient
+attack_with_shadows() {  # target seed, group of attacks: fixed | learned | gsa1 | gsa2
   local seed=$1 group=$2 target=runs/strength/cifar10/seed$1/target shadows=runs/shadows/cifar10/seed$1
   local out=$shadows/attacks
   local common=(target.path="$target" protocol=shadow "protocol.shadows=[$shadows/shadow*/target]" logger=none
@@ -54,9 +54,8 @@ attack_with_shadows() {  # target seed, group of attacks: fixed | learned | grad
     learned)
       $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
       $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na" ;;
-    gradient)  # one sample per forward and backward pass: 5-6 minutes per model and variant on 2 CPU cores
-      $bin/mia-attack attack=gsa1 "${common[@]}" hydra.run.dir="$out/learned/gsa1"
-      $bin/mia-attack attack=gsa2 "${common[@]}" hydra.run.dir="$out/learned/gsa2" ;;
+    gsa1|gsa2)  # one sample per forward and backward pass: 3.5-6.5 minutes per model on 2 CPU cores
+      $bin/mia-attack attack="$group" "${common[@]}" hydra.run.dir="$out/learned/$group" ;;
   esac
   keep_runs "$seed"
 }
@@ -78,10 +77,10 @@ keep_runs() {  # target seed: its shadows' training records and every finished r
 seeds=${SEEDS:-0 1 2}
 stage=${STAGE:-all}
 case $stage in train|attack|all) ;; *) echo "shadows.sh: STAGE=$stage; use train, attack or all" >&2; exit 2 ;; esac
-groups=${ATTACK_GROUPS:-fixed learned gradient}
+groups=${ATTACK_GROUPS:-fixed learned gsa1 gsa2}
 for group in $groups; do
-  case $group in fixed|learned|gradient) ;;
-    *) echo "shadows.sh: ATTACK_GROUPS has $group; use fixed, learned and/or gradient" >&2; exit 2 ;; esac
+  case $group in fixed|learned|gsa1|gsa2) ;;
+    *) echo "shadows.sh: ATTACK_GROUPS has $group; use fixed, learned, gsa1 and/or gsa2" >&2; exit 2 ;; esac
 done
 for seed in $seeds; do
   if [ ! -f "runs/strength/cifar10/seed$seed/target/split.json" ]; then
