@@ -41,6 +41,10 @@ train_shadows() {  # target seed: the shadows of runs/strength/cifar10/seed<seed
     hydra.sweep.dir="$shadows/sweep" "${quiet[@]}"
 }
 
+attack() {  # one mia-attack command; a refused or failed run is reported (its summary.csv says why), not fatal
+  $bin/mia-attack "$@" || echo "shadows.sh: this run failed or was refused, the others go on: mia-attack $*" >&2
+}
+
 attack_with_shadows() {  # target seed, group of attacks: fixed | learned | gsa1 | gsa2
   local seed=$1 group=$2 target=runs/strength/cifar10/seed$1/target shadows=runs/shadows/cifar10/seed$1
   local out=$shadows/attacks
@@ -48,14 +52,14 @@ attack_with_shadows() {  # target seed, group of attacks: fixed | learned | gsa1
                 "${quiet[@]}")
   case $group in
     fixed)
-      $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
-      $bin/mia-attack -m attack=na,loss,pia,pian,secmi,sima attack.calibration=shadows "${common[@]}" \
+      attack -m attack=na,loss,pia,pian,secmi,sima "${common[@]}" hydra.sweep.dir="$out/defaults"
+      attack -m attack=na,loss,pia,pian,secmi,sima attack.calibration=shadows "${common[@]}" \
         hydra.sweep.dir="$out/lira" ;;
     learned)
-      $bin/mia-attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
-      $bin/mia-attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na" ;;
+      attack attack=secmi_nn "${common[@]}" hydra.run.dir="$out/learned/secmi_nn"
+      attack attack=learned attack.features=na "${common[@]}" hydra.run.dir="$out/learned/learned_na" ;;
     gsa1|gsa2)  # one sample per forward and backward pass: 3.5-6.5 minutes per model on 2 CPU cores
-      $bin/mia-attack attack="$group" "${common[@]}" hydra.run.dir="$out/learned/$group" ;;
+      attack attack="$group" "${common[@]}" hydra.run.dir="$out/learned/$group" ;;
   esac
   keep_runs "$seed"
 }
