@@ -9,14 +9,16 @@
 # Every target sample is an evaluation row here; the strength rows "fitted on calibration" are measured on
 # the 3/4 of the samples their calibration part left, so compare them with that in mind.
 # Each run's metrics.json and each shadow's training.json are copied under bench/shadows/.
-# Cost (not run yet): a shadow trains as its target does (runs/strength/cifar10/seed0: 725 s on 2 CPU cores
-# when the machine was quiet; several times that when it is shared), so SHADOWS=4 x 3 seeds is 12 trainings,
-# about 2.5 h quiet; the attacks query 4 shadows beside the target, about 5x a strength attack run's queries.
+# Cost, measured (2026-12-07, 2 CPU cores): a shadow trains in 240-260 s when the machine is quiet (the target's
+# recipe; 530-970 s beside other work), so 4 shadows x 3 seeds is under an hour. The attacks query every shadow
+# beside the target: the fixed attacks and LiRA take minutes per seed, GSA 3.5-6.5 minutes per model and variant.
 # Usage: bench/shadows.sh [cifar10 root]     SHADOWS=4 (at least 2) SEEDS="0 1 2" (the strength targets)
 #        STAGE=train trains the shadows of every seed, STAGE=attack attacks; both (the default) train every seed's
 #        shadows first, so a seed's attacks never wait on another seed's training.
 #        ATTACK_GROUPS="fixed learned gsa1 gsa2" (the default) runs the attacks group by group over the seeds;
 #        GSA is by far the slowest (one sample per pass).
+#        LiRA (the lira/ runs) refuses a target whose sample no shadow held out: with 4 shadows of 128 members a
+#        sample can be in all four (2 on seed 0 here). SHADOWS=5 SEEDS=<that seed> STAGE=train adds one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cifar10=${1:-../shared/data/cifar10}

@@ -61,8 +61,10 @@ def _calibration_cost(runs: list[dict[str, Any]]) -> str:
 
 def _shadow_cost(runs: list[dict[str, Any]]) -> str:
     first = runs[0]["shadows"]
-    return (f"{_passes(first['queries_per_sample'], first.get('gradient_passes_per_sample'))} / sample on the "
-            "shadows, no target label")
+    count = len(first["models"])  # per shadow, so seeds with different numbers of shadows read the same
+    backward = first.get("gradient_passes_per_sample")
+    return (f"{_passes(first['queries_per_sample'] / count, backward / count if backward else None)} / sample on "
+            "each shadow, no target label")
 
 
 def _table(seeds: list[Path]) -> list[str]:
