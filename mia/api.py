@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,13 @@ def _on_shadows(attack: Attack, predicted: Predictions, shadows: Sequence[Diffus
                             lira_calibration=attack.calibration == "shadows")
     labels = evalset.labels.numpy()  # read only now, to measure what was fitted without them
     metrics = measure(attack.name, fitted.scores, labels, None, protocol)
+    shadow_passes: Counter[str] = Counter()  # the shadows' other passes (GSA's backward passes, a latent VAE)
+    for p in on_shadows:
+        shadow_passes.update(p.passes)
     record = {**fitted.record, "models": shadow_models_record(shadows, rows),
               "queries_per_sample": _tidy(sum(p.queries for p in on_shadows) / len(evalset)),
               "queries_per_sample_this_run": _tidy(sum(p.queries_this_run for p in on_shadows) / len(evalset)),
-              # The shadows' other passes (GSA's backward passes, a latent shadow's VAE), summed as their queries.
-              **{f"{name}_per_sample": _tidy(sum(p.passes.get(name, 0) for p in on_shadows) / len(evalset))
-                 for name in dict.fromkeys(n for p in on_shadows for n in p.passes)},
+              **{f"{name}_per_sample": _tidy(count / len(evalset)) for name, count in shadow_passes.items()},
               "seconds": round(sum(p.seconds for p in on_shadows), 3)}
     if "threshold" in fitted.record:
         record["target_at_threshold"] = at_threshold(fitted.scores, labels, fitted.record["threshold"])

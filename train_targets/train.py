@@ -173,8 +173,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         raise MiaError(f"training.dp (DP-SGD) trains the pixel DDPM targets (target=ddpm_*) only, not "
                        f"{type(model).__name__}: a text-to-image target also trains its VAE and text encoder")
     # What the starting weights (a fine-tune's base, a borrowed autoencoder) trained on: no non-member of it.
-    inherited = inherited_training(model.started_from(), data_config)
-    check_nonmembers_unseen(split, inherited, model.started_from())
+    started_from = model.started_from()
+    inherited = inherited_training(started_from, data_config)
+    check_nonmembers_unseen(split, inherited, started_from)
     model.compile_mode = compile_as
     model.check_fits(pool.channels, pool.image_size)
     if hasattr(model, "check_data"):  # e.g. a text-to-image model needs captions

@@ -10,6 +10,7 @@ model) is left out and named.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ def collect_features(attacks: Mapping[str, Attack], target: DiffusionTarget, eva
                      scoring: ScoringSettings) -> Features:
     """Every feature attack over ``evalset``; constant columns are dropped (they carry nothing)."""
     blocks, columns, queries, this_run, skipped, device = [], [], 0.0, 0, {}, "cpu"
-    passes: dict[str, float] = {}
+    passes: Counter[str] = Counter()
     for name, attack in attacks.items():
         try:
             attack.check(target)
@@ -55,8 +56,7 @@ def collect_features(attacks: Mapping[str, Attack], target: DiffusionTarget, eva
         columns += [name] if block.shape[1] == 1 else [f"{name}_{i}" for i in range(block.shape[1])]
         queries += predicted.queries / len(evalset)
         this_run += predicted.queries_this_run
-        for name_of_pass, count in predicted.passes.items():
-            passes[name_of_pass] = passes.get(name_of_pass, 0.0) + count / len(evalset)
+        passes.update({kind: count / len(evalset) for kind, count in predicted.passes.items()})
         device = predicted.device
     if not blocks:
         raise MiaError("no feature of audit.features applies to this target; name attacks that do")
@@ -69,4 +69,4 @@ def collect_features(attacks: Mapping[str, Attack], target: DiffusionTarget, eva
         log.info("audit: %d constant features left out: %s", int((~varying).sum()),
                  ", ".join(c for c, v in zip(columns, varying, strict=True) if not v))
     return Features(values[:, varying], [c for c, v in zip(columns, varying, strict=True) if v], queries, this_run,
-                    device, skipped, passes)
+                    device, skipped, dict(passes))

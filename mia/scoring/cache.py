@@ -26,7 +26,7 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,7 +69,7 @@ class PredictionCache:
         self._published = 0
         self._loaded: OrderedDict[int, np.ndarray] = OrderedDict()
         self.read_cost = Fraction(0)  # queries of the rows this process read from the store
-        self.read_passes: dict[str, Fraction] = {}  # and their other passes
+        self.read_passes: Counter[str] = Counter()  # and their other passes (Fractions)
         try:
             self._chunk_dir.mkdir(parents=True, exist_ok=True)
             if not (self.folder / "key.json").exists():
@@ -111,11 +111,9 @@ class PredictionCache:
         for c, values in parts.items():
             mask = chunks == c
             out[mask] = values[positions[mask]]
-            chunk = self._chunks[c]
-            self.read_cost += Fraction(chunk.queries, chunk.rows) * int(mask.sum())
-            for name, count in chunk.passes.items():
-                self.read_passes[name] = self.read_passes.get(name, Fraction(0)) + \
-                    Fraction(count, chunk.rows) * int(mask.sum())
+            chunk, read = self._chunks[c], int(mask.sum())
+            self.read_cost += Fraction(chunk.queries, chunk.rows) * read
+            self.read_passes.update({name: Fraction(count, chunk.rows) * read for name, count in chunk.passes.items()})
         return torch.from_numpy(out)
 
     # -- writing --------------------------------------------------------------------------------------------
@@ -135,10 +133,9 @@ class PredictionCache:
         index = np.concatenate([p[0] for p in self._pending])
         values = np.concatenate([p[1] for p in self._pending])
         queries = sum(p[2] for p in self._pending)
-        passes: dict[str, int] = {}
+        passes: Counter[str] = Counter()
         for *_, made in self._pending:
-            for name, count in made.items():
-                passes[name] = passes.get(name, 0) + count
+            passes.update(made)
         self._pending = []
         if self.complete:  # another writer completed the entry meanwhile: these rows are there already
             return
@@ -172,10 +169,9 @@ class PredictionCache:
         used = [int(c) for c in np.unique(self._where)]
         share = {c: Fraction(int((self._where == c).sum()), self._chunks[c].rows) for c in used}
         queries = sum(self._chunks[c].queries * share[c] for c in used)
-        passes: dict[str, Fraction] = {}
+        passes: Counter[str] = Counter()
         for c in used:
-            for name, count in self._chunks[c].passes.items():
-                passes[name] = passes.get(name, Fraction(0)) + count * share[c]
+            passes.update({name: count * share[c] for name, count in self._chunks[c].passes.items()})
         sample = self._values(used[0])
         meta = {"rows": self.rows, "shape": list(sample.shape[1:]), "dtype": str(sample.dtype),
                 "queries": round(queries), "passes": {name: round(count) for name, count in passes.items()},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -102,10 +103,9 @@ def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, set
     queries = int(sum(int(b["queries"]) for rank in ranks for b in rank["batches"]))
     # The attack's cost is what the predictions took when they were made: counted now, or read with them.
     cost = queries + round(sum(rank["read_cost"] for rank in ranks))
-    passes: dict[str, Fraction] = {}
+    passes: Counter[str] = Counter()  # made now (per batch) and read from the cache, on every rank
     for counts in [b["passes"] for rank in ranks for b in rank["batches"]] + [rank["read_passes"] for rank in ranks]:
-        for name, count in counts.items():
-            passes[name] = passes.get(name, Fraction(0)) + count
+        passes.update(counts)
     main = trainer.is_global_zero
     if cache is not None and main:
         cache.finish()

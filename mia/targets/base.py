@@ -158,7 +158,7 @@ class DiffusionTarget(nn.Module):
                 raise ValueError(f"micro_batch must be a positive integer or None, got {size!r}")
             parts = []
             for rows, real in padded_passes(len(x_t), size):
-                pass_x, pass_cond = _padded(x_t, cond, rows, size)
+                pass_x, pass_cond = _padded(x_t, cond, rows)
                 parts.append(self._pass(pass_x, t, pass_cond, real))
             eps = torch.cat(parts)
         if not torch.isfinite(eps).all():
@@ -190,14 +190,14 @@ class DiffusionTarget(nn.Module):
         return x0
 
 
-def _padded(x_t: torch.Tensor, cond: Any, rows: torch.Tensor, size: int) -> tuple[torch.Tensor, Any]:
+def _padded(x_t: torch.Tensor, cond: Any, rows: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """One pass's rows of a batch and of its condition (``padded_passes``: the last real row repeated past the end).
 
     At one fixed shape a row's output does not depend on its position or on the other rows (checked in
     tests/test_batch_invariance.py), so what the padding holds does not matter; repeating a real row keeps
     the denoiser's input in the range it was trained on.
     """
-    if len(x_t) == size:  # the whole batch is one pass: no copy
+    if len(rows) == len(x_t):  # the whole batch is one pass (rows 0..n-1): no copy
         return x_t, cond
     rows = rows.to(x_t.device)
     return x_t[rows], condition_rows(cond, rows)
