@@ -89,14 +89,25 @@ def _table(seeds: list[Path]) -> list[str]:
             runs = _runs(seeds, f"{prefix}_{attack}.json")
             if not runs or (prefix == "learned") != (attack in LEARNED):
                 continue
-            # A learned attack's direction and AUC on the shadows are in-sample (fitted on those rows).
             direction = "–" if attack in LEARNED else _orientation(runs)
-            on_shadows = cell_of(runs, "shadows/auc_on_shadows") + (" (in-sample)" if attack in LEARNED else "")
+            on_shadows = cell_of(runs, "shadows/auc_on_shadows") + (_how_fitted(runs) if attack in LEARNED else "")
             out.append(f"| {label} | {fitted} ({_shadow_count(runs)} shadows) | {len(runs)} | "
                        f"{cell_of(runs, 'auc')} | {cell_of(runs, 'tpr_at_1pct_fpr')} | "
                        f"{cell_of(runs, 'shadows/target_at_threshold/balanced_accuracy')} | {direction} | "
                        f"{on_shadows} | {_shadow_cost(runs)} |")
     return out
+
+
+def _how_fitted(runs: list[dict[str, Any]]) -> str:
+    """A learned attack's AUC on the shadows: each shadow scored by the attack fitted on the others (runs since
+    cross-fitting), or in-sample (older runs: fitted on those very rows). Seeds of both kinds are not averaged."""
+    crossed = {"cross_fitted" in r["shadows"] for r in runs}
+    if len(crossed) > 1:
+        raise SystemExit("shadows_report: some seeds' learned runs are cross-fitted and some in-sample; rerun "
+                         "bench/shadows.sh's learned groups so that every seed is measured the same way")
+    if crossed == {True}:
+        return f" (leave one shadow out; in-sample {cell_of(runs, 'shadows/auc_on_shadows_in_sample')})"
+    return " (in-sample)"
 
 
 def _lira_modes(seeds: list[Path]) -> str:

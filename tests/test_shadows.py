@@ -25,7 +25,8 @@ from mia.data.images import to_model_range
 from mia.data.pools import DigitsPool
 from mia.data.split import Split
 from mia.errors import MiaError
-from mia.evaluation.lira import IN, OUT, leave_one_out, lira
+from mia.evaluation.lira import IN, OUT, UNKNOWN, leave_one_out, lira
+from mia.evaluation.shadows import fit_on_shadows
 from mia.reporting.console import format_metrics
 from mia.runs.attack import run
 from mia.targets.memorizer import memorizing_target
@@ -150,6 +151,44 @@ def test_leave_one_shadow_out_leaves_out_the_rows_the_others_cannot_score():
     assert list(labels[:2]) == [OUT, IN]  # shadow 0's samples 0 and 1
     with pytest.raises(MiaError, match="no shadow's samples can be scored by offline LiRA"):
         leave_one_out(shadow[:, 2:], rows[:, 2:] * 0 + IN, 1.0, "offline")
+
+
+class LookupTable:
+    """A fitted attack that memorises its training rows: perfect on them, no better than chance on any other."""
+
+    name, learns_from_labels = "lookup", True
+
+    def __init__(self):
+        self.fitted_on: list[set[float]] = []
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> dict:
+        self.table = dict(zip(features[:, 0].tolist(), labels.tolist(), strict=True))
+        self.fitted_on.append(set(self.table))
+        return {"rows": len(self.table)}
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([float(self.table.get(x, 0.5)) for x in features[:, 0].tolist()], dtype=torch.float64)
+
+
+def test_a_fitted_attack_chooses_its_threshold_on_shadows_it_was_not_fitted_on():
+    # 4 shadows x 20 samples; every (shadow, sample) row has its own feature, so the lookup table knows a row only
+    # when it was fitted on it. In-sample it separates the shadows perfectly; cross-fitted it cannot.
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.permutation([IN] * 10 + [OUT] * 10) for _ in range(4)])
+    rows[2, :3] = UNKNOWN  # samples outside shadow 2's split are fitted on by no one
+    features = [np.arange(20, dtype=np.float64)[:, None] + 100 * k for k in range(4)]
+    attack = LookupTable()
+    fitted = fit_on_shadows(attack, np.full((20, 1), -1.0), features, rows, lira_calibration=False)
+    assert len(attack.fitted_on) == 5  # one fit per left-out shadow, then the final one on all four
+    for k, seen in enumerate(attack.fitted_on[:4]):
+        own = set(features[k][rows[k] != UNKNOWN, 0].tolist())
+        assert not seen & own and len(seen) == 3 * 20 - (3 if k != 2 else 0)  # the other shadows' known rows
+    assert len(attack.fitted_on[4]) == 4 * 20 - 3
+    record = fitted.record
+    assert record["auc_on_shadows_in_sample"] == 1.0
+    assert record["auc_on_shadows"] == 0.5 and record["auc_per_shadow"] == [0.5] * 4
+    assert record["balanced_accuracy_on_shadows"] == 0.5  # the threshold's, measured where it was chosen
+    assert "cross_fitted" in record and fitted.chosen == {"rows": 77}
 
 
 def test_too_few_shadows_or_another_recipe_is_refused(world, tmp_path: Path):
