@@ -189,6 +189,8 @@ def test_a_fitted_attack_chooses_its_threshold_on_shadows_it_was_not_fitted_on()
     assert record["auc_on_shadows"] == 0.5 and record["auc_per_shadow"] == [0.5] * 4
     assert record["balanced_accuracy_on_shadows"] == 0.5  # the threshold's, measured where it was chosen
     assert "cross_fitted" in record and fitted.chosen == {"rows": 77}
+    printed = format_metrics({"shadows": {**record, "models": [{}] * 4, "queries_per_sample": 4}})
+    assert "AUC on them 0.5000 leaving each out, 1.0000 in-sample" in printed
 
 
 def test_too_few_shadows_or_another_recipe_is_refused(world, tmp_path: Path):

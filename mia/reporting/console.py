@@ -53,8 +53,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     if "shadows" in metrics:
         shadows = metrics["shadows"]
         lira = shadows.get("lira", {}).get("mode")
+        in_sample = shadows.get("auc_on_shadows_in_sample")  # a fitted attack's: its AUC on them is cross-fitted
+        crossed = f" leaving each out, {in_sample:.4f} in-sample" if in_sample is not None else ""
         rows.append(f"  {'fitted on':<20} {len(shadows['models'])} shadow models (AUC on them "
-                    f"{shadows['auc_on_shadows']:.4f}, orientation {shadows['orientation']:+.0f}"
+                    f"{shadows['auc_on_shadows']:.4f}{crossed}, orientation {shadows['orientation']:+.0f}"
                     f"{f', LiRA {lira}' if lira else ''}; {shadows['queries_per_sample']} queries per sample on them); "
                     "no target label used")
     if "tuning" in metrics:
