@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -127,3 +128,28 @@ def test_score_applies_max_gb_after_each_run(small, tmp_path: Path):
             predict(SimA(), target, evalset, settings(tmp_path / "cache", max_gb=bad))
     with pytest.raises(MiaError, match=r"cache\.chunk_size must be an integer ≥ 1"):
         predict(SimA(), target, evalset, settings(tmp_path / "cache", chunk_size=0))
+
+
+def test_sigterm_stops_a_run_after_its_batch_and_a_rerun_computes_only_the_rest(small, tmp_path: Path):
+    target, evalset = small  # 12 samples: 3 batches of 4
+
+    class TermAfterFirstBatch(L.Callback):
+        def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
+            if not trainer.received_sigterm:
+                # Lightning's own SIGTERM handler is installed for the run (else the signal would end pytest).
+                assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered to this thread before the next hook runs
+
+    def trainer(*callbacks: L.Callback) -> ScoringSettings:
+        return ScoringSettings(lambda: L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                                                 enable_checkpointing=False, enable_model_summary=False,
+                                                 callbacks=list(callbacks)),
+                               batch_size=4, cache_dir=str(tmp_path / "cache"), chunk_size=4)
+
+    attack = NoiseAggregation(t=40, k=3)
+    with pytest.raises(MiaError, match=r"stopped by SIGTERM; .* computes only the rest"):
+        predict(attack, target, evalset, trainer(TermAfterFirstBatch()))
+    resumed = predict(attack, target, evalset, trainer())
+    assert resumed.queries_this_run == 3 * 8  # the first batch's 4 samples were kept
+    whole = predict(attack, target, evalset, settings(None))
+    np.testing.assert_array_equal(resumed.features, whole.features)

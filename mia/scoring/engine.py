@@ -29,6 +29,7 @@ from mia.scoring.cache import evict
 from mia.scoring.cache_key import prediction_cache
 from mia.scoring.module import AttackModule
 from mia.scoring.ranks import WholeBatches, assemble, check_devices, gather, wait_for_workers
+from mia.scoring.stop import StopOnSigterm
 from mia.targets.base import DiffusionTarget
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,12 @@ def predict(attack: Attack, target: DiffusionTarget, evalset: EvaluationSet, set
     module = AttackModule(target, attack, cache)
     loader = DataLoader(evalset, batch_size=settings.batch_size, sampler=WholeBatches(evalset, settings.batch_size),
                         num_workers=settings.num_workers)
-    batches = trainer.predict(module, dataloaders=loader)
-    if cache is not None:
-        cache.flush()  # before the exchange below, so rank zero finds every rank's chunks
+    trainer.callbacks.append(StopOnSigterm())
+    try:
+        batches = trainer.predict(module, dataloaders=loader)
+    finally:  # on a stop too: what was computed is kept (a rerun reads it and computes the rest)
+        if cache is not None:
+            cache.flush()  # before the exchange below, so rank zero finds every rank's chunks
     ranks = gather({"batches": batches, "read_cost": cache.read_cost if cache is not None else Fraction(0),
                     "read_passes": cache.read_passes if cache is not None else {}})
     seconds = time.perf_counter() - (module.started or time.perf_counter())
