@@ -24,9 +24,9 @@ from mia.targets.base import DiffusionTarget
 from mia.targets.memorizer import MemorizingDenoiser
 
 
-def cpu_trainer() -> L.Trainer:
+def cpu_trainer(*callbacks: L.Callback) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_checkpointing=False, enable_model_summary=False)
+                     enable_checkpointing=False, enable_model_summary=False, callbacks=list(callbacks))
 
 
 def settings(cache: Path | None, **kwargs) -> ScoringSettings:
@@ -141,10 +141,8 @@ def test_sigterm_stops_a_run_after_its_batch_and_a_rerun_computes_only_the_rest(
                 os.kill(os.getpid(), signal.SIGTERM)  # delivered to this thread before the next hook runs
 
     def trainer(*callbacks: L.Callback) -> ScoringSettings:
-        return ScoringSettings(lambda: L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                                                 enable_checkpointing=False, enable_model_summary=False,
-                                                 callbacks=list(callbacks)),
-                               batch_size=4, cache_dir=str(tmp_path / "cache"), chunk_size=4)
+        return ScoringSettings(lambda: cpu_trainer(*callbacks), batch_size=4, cache_dir=str(tmp_path / "cache"),
+                               chunk_size=4)
 
     attack = NoiseAggregation(t=40, k=3)
     with pytest.raises(MiaError, match=r"stopped by SIGTERM; .* computes only the rest"):
